@@ -1,0 +1,224 @@
+"""Frozen dataclasses that carry every setting of every stage.
+
+Library code takes these, never absl FLAGS. Each field name is also the name of
+exactly one command-line flag (defined in lmrec.flags, with its default read
+from here), so a config converts to a re-runnable flagfile and back without a
+mapping table. A field that two stages share (seed, batch_size, top_k) is still
+one flag.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping
+from typing import Any
+
+
+@dataclasses.dataclass(frozen=True)
+class PrepareConfig:
+    """How photos become TFRecord shards (lmrec.prepare)."""
+
+    source: str = "folder"
+    input_dir: str = ""
+    name: str = ""
+    output_dir: str = "tf_records"
+    val_fraction: float = 0.2
+    seed: int = 42
+    max_image_side: int = 800
+    images_per_shard: int = 1000
+    overwrite: bool = False
+    demo_images_per_class: int = 150
+    demo_image_size: int = 128
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """How prepared shards are read for training and evaluation."""
+
+    data_dir: str = ""
+    image_size: int = 0  # 0: the backbone's default size.
+    batch_size: int = 32
+    augment: str = "crop_flip"
+    shuffle_buffer: int = 2048
+    seed: int = 42
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Which network: backbone + head."""
+
+    backbone: str = "xception"
+    weights: str = "imagenet"  # imagenet | none | path to a weights file
+    head: str = "gap_dense512"
+    dense_units: int = 512
+    dropout: float = 0.3
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """The two-phase schedule and where its results go."""
+
+    model_dir: str = ""
+    epochs_frozen: int = 3
+    epochs_finetune: int = 5
+    lr_frozen: float = 1e-3
+    lr_finetune: float = 1e-4
+    lr_schedule: str = "cosine"  # per phase: constant | cosine (decays to 0 over the phase)
+    unfreeze_from: str = ""  # "" unfreezes the whole backbone in phase 2.
+    strategy: str = "auto"
+    steps_per_epoch: int = 0  # 0: one pass over the training shards.
+    label_smoothing: float = 0.1
+    prepare_if_missing: bool = False
+    evaluate_after: bool = True
+    export_after: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportConfig:
+    """Where and how the SavedModel for TF Serving is written."""
+
+    export_dir: str = "export"
+    model_name: str = ""  # "": the model_dir's folder name.
+    version: int = 0  # 0: one more than the newest existing version.
+    top_k: int = 5
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluateConfig:
+    """What lmrec.evaluate measures a trained model_dir on."""
+
+    model_dir: str = ""
+    data: str = ""  # "": the validation shards the model was trained with.
+    batch_size: int = 32
+
+
+@dataclasses.dataclass(frozen=True)
+class PredictConfig:
+    """How lmrec.predict tags photos."""
+
+    model: str = ""
+    output: str = "tags.csv"
+    top_k: int = 5
+    batch_size: int = 32
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig:
+    """Everything lmrec.train resolves and writes into model_dir."""
+
+    prepare: PrepareConfig = PrepareConfig()
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    export: ExportConfig = ExportConfig()
+
+    def replace(self, **sections: Any) -> ExperimentConfig:
+        """Returns a copy with some fields changed, e.g. replace(train={"epochs_frozen": 1})."""
+        changed = {}
+        for section, values in sections.items():
+            current = getattr(self, section)
+            changed[section] = dataclasses.replace(current, **values)
+        return dataclasses.replace(self, **changed)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Mapping[str, Any]]) -> ExperimentConfig:
+        """Builds a config from to_dict() output; unknown keys raise ValueError."""
+        sections = {}
+        for field in dataclasses.fields(cls):
+            sections[field.name] = _section_from_mapping(
+                _SECTIONS[field.name], values.get(field.name, {})
+            )
+        unknown = set(values) - set(sections)
+        if unknown:
+            raise ValueError(
+                f"Unknown config sections {sorted(unknown)}; known: {sorted(sections)}"
+            )
+        return cls(**sections)
+
+    def to_flagfile(self) -> str:
+        """Renders the config as absl flagfile lines (one --name=value per field)."""
+        seen: dict[str, Any] = {}
+        for section in dataclasses.fields(self):
+            for name, value in dataclasses.asdict(getattr(self, section.name)).items():
+                seen.setdefault(name, value)
+        return "".join(f"--{name}={_flag_value(value)}\n" for name, value in seen.items())
+
+
+_SECTIONS = {
+    "prepare": PrepareConfig,
+    "data": DataConfig,
+    "model": ModelConfig,
+    "train": TrainConfig,
+    "export": ExportConfig,
+}
+
+ALL_CONFIG_CLASSES = (
+    PrepareConfig,
+    DataConfig,
+    ModelConfig,
+    TrainConfig,
+    ExportConfig,
+    EvaluateConfig,
+    PredictConfig,
+)
+
+
+def _flag_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _section_from_mapping(section_cls: type, values: Mapping[str, Any]):
+    names = {f.name for f in dataclasses.fields(section_cls)}
+    unknown = set(values) - names
+    if unknown:
+        raise ValueError(
+            f"Unknown {section_cls.__name__} fields {sorted(unknown)}; known: {sorted(names)}"
+        )
+    return section_cls(**values)
+
+
+def field_default(section_cls: type, name: str) -> Any:
+    """The default of one field; lmrec.flags uses it so defaults live in one place."""
+    for field in dataclasses.fields(section_cls):
+        if field.name == name:
+            return field.default
+    raise KeyError(f"{section_cls.__name__} has no field {name!r}")
+
+
+def from_flags(section_cls: type, flag_values) -> Any:
+    """Builds one config dataclass from parsed absl flag values (same names)."""
+    return section_cls(
+        **{f.name: flag_values[f.name].value for f in dataclasses.fields(section_cls)}
+    )
+
+
+def experiment_from_flags(flag_values) -> ExperimentConfig:
+    """Builds the ExperimentConfig lmrec.train runs from parsed absl flags."""
+    return ExperimentConfig(
+        **{name: from_flags(cls, flag_values) for name, cls in _SECTIONS.items()}
+    )
+
+
+def experiment_from_flagfile(path: str, *overrides: str) -> ExperimentConfig:
+    """Reads an absl flagfile (plus "--name=value" overrides) without touching global FLAGS.
+
+    For notebooks: experiment_from_flagfile("configs/demo.cfg", "--epochs_finetune=2").
+    """
+    from lmrec import flags as lmrec_flags
+
+    return experiment_from_flags(lmrec_flags.parse([f"--flagfile={path}", *overrides]))
+
+
+def load_experiment(path: str) -> ExperimentConfig:
+    """Reads the config.json that lmrec.train wrote into a model_dir."""
+    with open(path, encoding="utf-8") as f:
+        return ExperimentConfig.from_dict(json.load(f))

@@ -1,0 +1,145 @@
+"""Decoding and validating photos with Pillow, before they reach TensorFlow.
+
+prepare and predict both need to know, per file, whether it is a readable image
+and if not why, without one bad file stopping thousands of good ones. Pillow
+gives that (and EXIF orientation, and every common format) in plain Python,
+which also runs in worker processes that never import TensorFlow.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+# Extensions a photo folder may use; matched case-insensitively.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
+JPEG_QUALITY = 95
+
+
+class BadImage(Exception):
+    """A file that is not a usable image; str() is the reason shown to the user."""
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    """An RGB image, upright (EXIF orientation applied), with what it was before."""
+
+    image: Image.Image
+    source_format: str  # Pillow's name: JPEG, PNG, WEBP, ...
+    was_transformed: bool  # orientation, mode or frame changed, so original bytes differ
+
+
+def has_image_extension(path: str) -> bool:
+    return os.path.splitext(path)[1].lower() in IMAGE_EXTENSIONS
+
+
+def decode(data: bytes, name: str = "<bytes>") -> DecodedImage:
+    """Fully decodes image bytes into an upright RGB Pillow image.
+
+    Args:
+      data: the file's bytes.
+      name: used in error messages only.
+
+    Raises:
+      BadImage: empty, not an image, truncated, corrupt or absurdly large; the
+        message says which.
+    """
+    if not data:
+        raise BadImage("empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            source_format = image.format or "unknown"
+            image.load()  # Decodes every pixel: truncation and corruption surface here.
+    except UnidentifiedImageError:
+        raise BadImage("not an image (unrecognised format)") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise BadImage(f"too many pixels ({error})") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as error:
+        text = str(error) or type(error).__name__
+        if "truncated" in text.lower():
+            raise BadImage(f"truncated image ({text})") from None
+        raise BadImage(f"corrupt image ({text})") from None
+    transformed = False
+    oriented = ImageOps.exif_transpose(image)
+    if oriented is not image:
+        transformed = oriented.size != image.size or _orientation(image) not in (None, 1)
+        image = oriented
+    if image.mode != "RGB":
+        image = _to_rgb(image)
+        transformed = True
+    if getattr(image, "n_frames", 1) > 1:
+        transformed = True
+    if image.width < 1 or image.height < 1:
+        raise BadImage(f"empty image ({image.width}x{image.height})")
+    return DecodedImage(image=image, source_format=source_format, was_transformed=transformed)
+
+
+def _orientation(image: Image.Image):
+    try:
+        return image.getexif().get(0x0112)
+    except Exception:  # noqa: BLE001 - a broken EXIF block just means "no orientation".
+        return None
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """Flattens transparency onto white (a transparent PNG's hidden pixels are often black)."""
+    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def fit_within(image: Image.Image, max_side: int) -> Image.Image:
+    """Downscales so the longer side is at most max_side (0 keeps the size)."""
+    if max_side <= 0 or max(image.size) <= max_side:
+        return image
+    scale = max_side / max(image.size)
+    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    return image.resize(size, Image.Resampling.BILINEAR, reducing_gap=3.0)
+
+
+def to_jpeg(data: bytes, name: str = "<bytes>", max_side: int = 0) -> tuple[bytes, int, int]:
+    """Validates image bytes and returns (JPEG bytes, height, width) for a TFRecord.
+
+    An upright RGB JPEG that needs no downscaling keeps its original bytes
+    (no second lossy encode); everything else is re-encoded at quality 95.
+
+    Raises:
+      BadImage: see decode().
+    """
+    decoded = decode(data, name)
+    image = fit_within(decoded.image, max_side)
+    if decoded.source_format == "JPEG" and not decoded.was_transformed and image is decoded.image:
+        return data, image.height, image.width
+    out = io.BytesIO()
+    image.save(out, format="JPEG", quality=JPEG_QUALITY)
+    return out.getvalue(), image.height, image.width
+
+
+def read_file(path: str) -> bytes:
+    """Reads a file, turning OS errors into BadImage with the reason."""
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as error:
+        raise BadImage(f"unreadable ({error.strerror or error})") from None
+
+
+def load_rgb_array(path: str, size: int | None = None) -> np.ndarray:
+    """Reads a photo as an upright uint8 RGB array, optionally resized to size x size.
+
+    Raises:
+      BadImage: unreadable or not a valid image.
+    """
+    image = decode(read_file(path), path).image
+    if size:
+        image = image.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=3.0)
+    return np.asarray(image, dtype=np.uint8)

@@ -1,0 +1,158 @@
+"""SavedModel export for TF Serving: <export_dir>/<model_name>/<version>/.
+
+    python -m lmrec.export --model_dir=runs/demo --export_dir=export
+
+Signatures:
+  serving_default  image_bytes: string [batch] of encoded JPEG/PNG/GIF/BMP/WebP
+                   (what TF Serving's REST API makes of {"b64": ...}), any size
+                   -> classes (string [batch, k]), scores (float [batch, k]),
+                      probabilities (float [batch, num_classes])
+  serving_images   images: uint8 [batch, height, width, 3] -> the same outputs
+Decoding, resizing and the backbone's normalization run inside the graph. A
+version is never overwritten; the folder appears only once complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+
+import keras
+import tensorflow as tf
+
+from lmrec import atomic
+from lmrec import model_dir as run_files
+from lmrec.config import ExportConfig
+from lmrec.data import pipeline, records
+from lmrec.errors import UserError
+
+METADATA_FILE = "lmrec.json"
+EXTRA_DIR = "assets.extra"  # TF Serving's place for files beside the model (warm-up, labels).
+
+
+def serving_functions(model, class_names: list[str], image_size: int, preprocess, top_k: int):
+    """Returns (from_bytes, from_uint8): the two endpoints as plain functions of the model.
+
+    Used both for the export and, in memory, by lmrec.predict on a model_dir.
+    """
+    labels = tf.constant(class_names)
+    k = min(top_k, len(class_names))
+
+    def outputs(images: tf.Tensor) -> dict[str, tf.Tensor]:
+        probabilities = tf.cast(model(preprocess(images), training=False), tf.float32)
+        scores, indices = tf.math.top_k(probabilities, k=k)
+        return {
+            "classes": tf.gather(labels, indices),
+            "scores": scores,
+            "probabilities": probabilities,
+        }
+
+    def from_bytes(image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
+        images = tf.map_fn(
+            lambda encoded: pipeline.decode_and_resize(encoded, image_size),
+            image_bytes,
+            fn_output_signature=tf.TensorSpec([image_size, image_size, 3], tf.float32),
+        )
+        return outputs(images)
+
+    def from_uint8(images: tf.Tensor) -> dict[str, tf.Tensor]:
+        return outputs(pipeline.resize(images, image_size))
+
+    return from_bytes, from_uint8
+
+
+BYTES_SIGNATURE = [tf.TensorSpec([None], tf.string, name="image_bytes")]
+UINT8_SIGNATURE = [tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")]
+
+
+def next_version(base: str) -> int:
+    """One more than the highest numeric version folder under base (1 when none)."""
+    if not os.path.isdir(base):
+        return 1
+    versions = [int(name) for name in os.listdir(base) if name.isdigit()]
+    return max(versions, default=0) + 1
+
+
+def export_saved_model(
+    model_dir: str, config: ExportConfig | None = None, verbose: bool = True, trained=None
+) -> str:
+    """Exports model_dir's best checkpoint as a versioned SavedModel.
+
+    Returns:
+      The version folder, e.g. export/demo/1.
+
+    Raises:
+      UserError: the requested version exists (versions are never overwritten).
+    """
+    config = config or ExportConfig()
+    trained = trained or run_files.load(model_dir)
+    name = config.model_name or os.path.basename(os.path.normpath(model_dir))
+    base = os.path.join(config.export_dir, name)
+    version = config.version or next_version(base)
+    path = os.path.join(base, str(version))
+    if os.path.exists(path):
+        raise UserError(f"{path} already exists; versions are never overwritten (omit --version)")
+    from_bytes, from_uint8 = serving_functions(
+        trained.model, trained.class_names, trained.image_size, trained.preprocess, config.top_k
+    )
+    archive = keras.export.ExportArchive()
+    archive.track(trained.model)
+    archive.add_endpoint("serving_default", from_bytes, input_signature=BYTES_SIGNATURE)
+    archive.add_endpoint("serving_images", from_uint8, input_signature=UINT8_SIGNATURE)
+    with atomic.new_directory(path) as tmp:
+        archive.write_out(tmp, verbose=False)
+        extra = os.path.join(tmp, EXTRA_DIR)
+        os.makedirs(extra, exist_ok=True)
+        shutil.copy(os.path.join(model_dir, records.LABELS_FILE), extra)
+        metadata = {
+            "model_dir": os.path.abspath(model_dir),
+            "backbone": trained.config.model.backbone,
+            "head": trained.config.model.head,
+            "image_size": trained.image_size,
+            "max_image_side": trained.config.prepare.max_image_side,
+            "top_k": min(config.top_k, len(trained.class_names)),
+            "class_names": trained.class_names,
+        }
+        atomic.write_json(os.path.join(extra, METADATA_FILE), metadata)
+    if verbose:
+        print(
+            f"Exported SavedModel {path} (serving_default: image_bytes -> classes, scores, "
+            f"probabilities; serving_images: uint8 images).",
+            file=sys.stderr,
+        )
+    return path
+
+
+def read_metadata(saved_model_dir: str) -> dict:
+    path = os.path.join(saved_model_dir, EXTRA_DIR, METADATA_FILE)
+    if not os.path.isfile(path):
+        raise UserError(
+            f"{saved_model_dir} was not exported by lmrec (no {EXTRA_DIR}/{METADATA_FILE})"
+        )
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def main(argv: list[str]) -> int:
+    from absl import flags
+
+    from lmrec import config as config_lib
+
+    export_config = config_lib.from_flags(config_lib.ExportConfig, flags.FLAGS)
+    model_dir = config_lib.from_flags(config_lib.EvaluateConfig, flags.FLAGS).model_dir
+    if not model_dir:
+        raise UserError("--model_dir is required")
+    print(export_saved_model(model_dir, export_config))
+    return 0
+
+
+def run() -> None:
+    from lmrec import cli, flags  # noqa: F401 - defines the flags.
+
+    cli.run_stage(main, positional=False)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,157 @@
+"""Every absl flag of lmrec, defined once.
+
+Each flag name equals a field name of a dataclass in lmrec.config, and its
+default is read from that field, so defaults live in one place. All stages
+share this one set, so any stage accepts any flagfile (configs/common.cfg, or
+the flags.cfg a training run wrote into its model_dir). Only lmrec.config
+turns parsed values into dataclasses; no other module reads FLAGS.
+
+Notebooks and tests parse a flagfile without touching the global FLAGS:
+    values = lmrec.flags.parse(["--flagfile=configs/demo.cfg", "--epochs_frozen=1"])
+"""
+
+from __future__ import annotations
+
+from absl import flags
+
+from lmrec.config import (
+    DataConfig,
+    EvaluateConfig,
+    ExportConfig,
+    ModelConfig,
+    PredictConfig,
+    PrepareConfig,
+    TrainConfig,
+    field_default,
+)
+
+_DEFINE = {
+    str: flags.DEFINE_string,
+    int: flags.DEFINE_integer,
+    float: flags.DEFINE_float,
+    bool: flags.DEFINE_boolean,
+}
+
+# (config class, flag name, help). Grouped by stage; the order is the order of --help.
+FLAG_TABLE: tuple[tuple[type, str, str], ...] = (
+    # prepare: photos -> TFRecords
+    (PrepareConfig, "source", "Where photos come from: demo | folder."),
+    (
+        PrepareConfig,
+        "input_dir",
+        "For --source=folder: a folder with one subfolder per class (any nesting below it).",
+    ),
+    (
+        PrepareConfig,
+        "name",
+        "Dataset name; shards go to <output_dir>/<name>/. Default: the source.",
+    ),
+    (PrepareConfig, "output_dir", "Parent folder of prepared datasets."),
+    (
+        PrepareConfig,
+        "val_fraction",
+        "Fraction of each class held out for validation (every class keeps >= 1 training image).",
+    ),
+    (PrepareConfig, "seed", "Seed of the train/val split and of training shuffles."),
+    (
+        PrepareConfig,
+        "max_image_side",
+        "Photos whose longer side exceeds this are downscaled before storing (0: keep size).",
+    ),
+    (PrepareConfig, "images_per_shard", "Images per TFRecord shard."),
+    (PrepareConfig, "overwrite", "Replace an existing prepared dataset."),
+    (PrepareConfig, "demo_images_per_class", "For --source=demo: images drawn per class."),
+    (PrepareConfig, "demo_image_size", "For --source=demo: side of the drawn images in pixels."),
+    # data pipeline
+    (DataConfig, "data_dir", "Prepared dataset folder (train-*/val-* shards)."),
+    (DataConfig, "image_size", "Model input side in pixels; 0: backbone default."),
+    (DataConfig, "batch_size", "Global batch size (split across replicas)."),
+    (DataConfig, "augment", "Training augmentation policy: none | crop_flip | randaugment."),
+    (DataConfig, "shuffle_buffer", "Examples in the shuffle buffer."),
+    # model
+    (ModelConfig, "backbone", "xception | inceptionv3 | resnet50 | efficientnetb7 | baseline."),
+    (
+        ModelConfig,
+        "weights",
+        "imagenet (Keras download) | none (random init) | path to a Keras weights file.",
+    ),
+    (ModelConfig, "head", "Classification head: gap_dense512."),
+    (ModelConfig, "dense_units", "Width of the head's hidden Dense layer."),
+    (ModelConfig, "dropout", "Dropout rate before the softmax layer."),
+    # training
+    (TrainConfig, "model_dir", "Run folder: flags, labels, checkpoints, history, logs, report."),
+    (TrainConfig, "epochs_frozen", "Phase 1 epochs: head only, backbone frozen."),
+    (TrainConfig, "epochs_finetune", "Phase 2 epochs: backbone unfrozen."),
+    (TrainConfig, "lr_frozen", "Phase 1 learning rate."),
+    (TrainConfig, "lr_finetune", "Phase 2 learning rate (lower, to keep features)."),
+    (
+        TrainConfig,
+        "lr_schedule",
+        "Learning-rate schedule within each phase: constant | cosine (decays to 0 by the "
+        "phase's last step).",
+    ),
+    (
+        TrainConfig,
+        "unfreeze_from",
+        "Phase 2 unfreezes the backbone from this layer name (or name prefix, e.g. block13) to "
+        "the top; empty: the whole backbone. BatchNorm of pretrained backbones stays frozen.",
+    ),
+    (
+        TrainConfig,
+        "strategy",
+        "tf.distribute strategy: auto (mirrored over GPUs if any, else default) | default | "
+        "mirrored.",
+    ),
+    (TrainConfig, "steps_per_epoch", "Training steps per epoch; 0: one pass over the data."),
+    (TrainConfig, "label_smoothing", "Label smoothing of the cross-entropy."),
+    (
+        TrainConfig,
+        "prepare_if_missing",
+        "If data_dir holds no shards, run lmrec.prepare with this config's prepare flags first.",
+    ),
+    (TrainConfig, "evaluate_after", "Evaluate the best model after training."),
+    (TrainConfig, "export_after", "Export a SavedModel after training."),
+    # export
+    (ExportConfig, "export_dir", "Parent of <model_name>/<version>/ SavedModels."),
+    (ExportConfig, "model_name", "TF Serving model name; default: the model_dir's folder name."),
+    (ExportConfig, "version", "Export version; 0: next free number. Never overwrites."),
+    (ExportConfig, "top_k", "Labels returned per image."),
+    # evaluate / predict
+    (
+        EvaluateConfig,
+        "data",
+        "What to evaluate on: a prepared dataset folder (its val shards), a glob of shards, or "
+        "an image folder with one subfolder per class. Default: the validation shards used in "
+        "training.",
+    ),
+    (
+        PredictConfig,
+        "model",
+        "An export folder (SavedModel, or its parent of versions) or a training model_dir.",
+    ),
+    (PredictConfig, "output", "Where predict writes tags: a .csv or .json path."),
+)
+
+
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> dict[str, flags.FlagHolder]:
+    """Defines every lmrec flag on flag_values; returns the holders by name."""
+    holders = {}
+    for config_class, name, help_text in FLAG_TABLE:
+        default = field_default(config_class, name)
+        holders[name] = _DEFINE[type(default)](name, default, help_text, flag_values=flag_values)
+    return holders
+
+
+def parse(args: list[str]) -> flags.FlagValues:
+    """Parses flag arguments (e.g. ["--flagfile=configs/demo.cfg"]) into a new FlagValues.
+
+    Raises:
+      absl.flags.Error: an unknown or malformed flag (the message names it).
+    """
+    flag_values = flags.FlagValues()
+    define_flags(flag_values)
+    flag_values(["lmrec", *args])
+    return flag_values
+
+
+HOLDERS = define_flags()

@@ -1,0 +1,83 @@
+"""Figures people would rather look at than read: confusion matrix, training curves.
+
+Uses matplotlib's Agg backend (no screen needed) and writes PNGs atomically.
+"""
+
+from __future__ import annotations
+
+import io
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first.
+import numpy as np  # noqa: E402
+
+from lmrec import atomic  # noqa: E402
+
+
+def _save(figure, path: str) -> None:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    plt.close(figure)
+    atomic.write_bytes(path, buffer.getvalue())
+
+
+def confusion_matrix_png(counts: np.ndarray, class_names: list[str], path: str, title: str) -> None:
+    """Row-normalized confusion matrix; cell counts are written when there is room."""
+    n = len(class_names)
+    totals = counts.sum(axis=1, keepdims=True)
+    normalized = np.divide(counts, totals, out=np.zeros(counts.shape), where=totals > 0)
+    side = min(4 + 0.45 * n, 30)
+    figure, axis = plt.subplots(figsize=(side, side * 0.9))
+    image = axis.imshow(normalized, cmap="Blues", vmin=0.0, vmax=1.0)
+    figure.colorbar(image, ax=axis, fraction=0.046, pad=0.04, label="fraction of true class")
+    axis.set_xticks(range(n), labels=class_names, rotation=60, ha="right", fontsize=8)
+    axis.set_yticks(range(n), labels=class_names, fontsize=8)
+    axis.set_xlabel("predicted")
+    axis.set_ylabel("true")
+    axis.set_title(title)
+    if n <= 30:
+        for true in range(n):
+            for predicted in range(n):
+                if counts[true, predicted]:
+                    color = "white" if normalized[true, predicted] > 0.5 else "black"
+                    axis.text(
+                        predicted,
+                        true,
+                        str(counts[true, predicted]),
+                        ha="center",
+                        va="center",
+                        fontsize=7,
+                        color=color,
+                    )
+    _save(figure, path)
+
+
+def training_curves_png(history: list[dict], path: str) -> None:
+    """Loss and accuracy per epoch, train and val, with the frozen -> fine-tune boundary marked."""
+    epochs = [row["epoch"] for row in history]
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for axis, metric in zip(axes, ("loss", "accuracy"), strict=True):
+        for prefix, style in (("", "-o"), ("val_", "--s")):
+            values = [row.get(prefix + metric) for row in history]
+            if any(v is not None for v in values):
+                axis.plot(
+                    epochs,
+                    [np.nan if v is None else v for v in values],
+                    style,
+                    label=(prefix or "train_") + metric,
+                    markersize=3,
+                )
+        boundaries = [
+            row["epoch"] - 0.5
+            for previous, row in zip(history, history[1:], strict=False)
+            if row["phase"] != previous["phase"]
+        ]
+        for boundary in boundaries:
+            axis.axvline(boundary, color="gray", linestyle=":", label="backbone unfrozen")
+        axis.set_xlabel("epoch")
+        axis.set_title(metric)
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+    _save(figure, path)

@@ -1,0 +1,414 @@
+"""Two-phase transfer learning, then evaluation and export: the main job of lmrec.
+
+    python -m lmrec.train --flagfile=configs/demo.cfg
+
+Phase 1 trains the head on a frozen backbone; phase 2 unfreezes the backbone
+(all of it, or from --unfreeze_from) and fine-tunes at a lower learning rate.
+Notebooks call train_and_evaluate(config) directly.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+from lmrec import atomic, distribute, plots
+from lmrec import model_dir as run_files
+from lmrec.config import ExperimentConfig
+from lmrec.data import pipeline, prepare, records
+from lmrec.errors import UserError
+from lmrec.models import backbones, classifier, freezing
+
+
+@dataclass
+class TrainResult:
+    """Where everything went, and the headline numbers."""
+
+    model_dir: str
+    data_dir: str
+    best_epoch: int | None = None
+    best_metric: str = ""
+    best_value: float | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    metrics: dict[str, Any] | None = None
+    export_path: str | None = None
+    seconds: float = 0.0
+
+
+class _HistoryWriter(keras.callbacks.Callback):
+    """Rewrites history.csv atomically after every epoch, tagging each row with its phase."""
+
+    def __init__(self, path: str, rows: list[dict[str, Any]]):
+        super().__init__()
+        self.path = path
+        self.rows = rows
+        self.phase = ""
+        self._epoch_started = 0.0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch_started = time.time()
+
+    def on_epoch_end(self, epoch, logs=None):
+        row = {"epoch": epoch + 1, "phase": self.phase}
+        row.update({k: float(v) for k, v in (logs or {}).items()})
+        row["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        row["seconds"] = round(time.time() - self._epoch_started, 2)
+        self.rows.append(row)
+        columns: list[str] = []
+        for r in self.rows:
+            columns.extend(k for k in r if k not in columns)
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(self.rows)
+        atomic.write_text(self.path, buffer.getvalue())
+
+
+class _AtomicCheckpoint(keras.callbacks.Callback):
+    """Saves last.weights.h5 every epoch and best.weights.h5 on improvement, never half-written."""
+
+    def __init__(self, model_dir: str, monitor: str):
+        super().__init__()
+        self.model_dir = model_dir
+        self.monitor = monitor
+        self.best: float | None = None
+        self.best_epoch: int | None = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._save(run_files.LAST_WEIGHTS)
+        value = (logs or {}).get(self.monitor)
+        if value is None:
+            return
+        if self.best is None or value > self.best:
+            self.best, self.best_epoch = float(value), epoch + 1
+            self._save(run_files.BEST_WEIGHTS)
+
+    def _save(self, relative: str) -> None:
+        path = os.path.join(self.model_dir, relative)
+        with atomic.replacing(path) as tmp:
+            self.model.save_weights(tmp)
+
+
+def ensure_data(config: ExperimentConfig, verbose: bool = True) -> str:
+    """Returns the prepared data folder, preparing it first when the config allows.
+
+    Raises:
+      UserError: no shards and --prepare_if_missing is off; the message gives
+        the exact prepare command.
+    """
+    data_dir = config.data.data_dir or os.path.join(
+        config.prepare.output_dir, prepare.dataset_name(config.prepare)
+    )
+    if prepare.is_prepared(data_dir):
+        return data_dir
+    if config.train.prepare_if_missing:
+        if verbose:
+            print(f"No prepared data in {data_dir}: preparing it now.", file=sys.stderr)
+        prepare_config = dataclasses.replace(
+            config.prepare,
+            name=os.path.basename(os.path.normpath(data_dir)),
+            output_dir=os.path.dirname(os.path.normpath(data_dir)) or ".",
+        )
+        return prepare.prepare(prepare_config, verbose=verbose).data_dir
+    source_hint = f"--source={config.prepare.source}" + (
+        f" --input_dir={config.prepare.input_dir}"
+        if config.prepare.input_dir
+        else " --input_dir=/path/to/photos"
+        if config.prepare.source == "folder"
+        else ""
+    )
+    name = os.path.basename(os.path.normpath(data_dir))
+    parent = os.path.dirname(os.path.normpath(data_dir)) or "."
+    raise UserError(
+        f"No prepared dataset in --data_dir={data_dir}. Prepare it first:\n"
+        f"  python -m lmrec.prepare {source_hint} --name={name} --output_dir={parent}"
+    )
+
+
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def learning_rate_schedule(name: str, learning_rate: float, total_steps: int):
+    """The learning rate of one phase: constant, or cosine decay to 0 over the phase."""
+    if name == "constant":
+        return learning_rate
+    if name == "cosine":
+        return keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=total_steps)
+    raise UserError(f"Unknown --lr_schedule={name!r}; valid schedules: {', '.join(LR_SCHEDULES)}")
+
+
+def validate(config: ExperimentConfig) -> None:
+    """Checks every registry name and number before any slow work, so typos fail at once.
+
+    Raises:
+      UserError: naming the offending flag.
+    """
+    from lmrec.data import augment
+    from lmrec.models import heads
+
+    backbones.resolve_image_size(config.model.backbone, config.data.image_size)
+    backbones.normalize_weights(config.model.weights)
+    heads.get_builder(config.model.head)
+    augment.get_policy(config.data.augment)
+    distribute.get_factory(config.train.strategy)
+    learning_rate_schedule(config.train.lr_schedule, 1.0, 1)
+    if config.data.batch_size < 1:
+        raise UserError("--batch_size must be >= 1")
+    for flag in ("epochs_frozen", "epochs_finetune", "steps_per_epoch"):
+        if getattr(config.train, flag) < 0:
+            raise UserError(f"--{flag} must be >= 0")
+    if config.train.epochs_frozen + config.train.epochs_finetune == 0:
+        raise UserError("Nothing to train: --epochs_frozen and --epochs_finetune are both 0")
+
+
+def _check_model_dir(model_dir: str) -> None:
+    if not model_dir:
+        raise UserError("--model_dir is required (where checkpoints, logs and reports go)")
+    try:
+        os.makedirs(model_dir, exist_ok=True)
+        probe = os.path.join(model_dir, ".write-test")
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as error:
+        raise UserError(f"--model_dir={model_dir} is not writable: {error.strerror}") from None
+
+
+def _datasets(config: ExperimentConfig, stats: dict, num_classes: int):
+    """Training (repeated, augmented) and validation datasets with one-hot labels.
+
+    Returns:
+      (train dataset, val dataset or None when there is no val split, steps per epoch).
+    """
+    data_dir = config.data.data_dir
+    spec = backbones.get_spec(config.model.backbone)
+    common = dict(
+        image_size=config.data.image_size,
+        preprocess=spec.preprocess,
+        batch_size=config.data.batch_size,
+        seed=config.data.seed,
+    )
+
+    def one_hot(images, labels):
+        return images, tf.one_hot(labels, num_classes)
+
+    train = pipeline.make_dataset(
+        records.shard_pattern(data_dir, "train"),
+        training=True,
+        augment_policy=config.data.augment,
+        shuffle_buffer=config.data.shuffle_buffer,
+        **common,
+    ).map(one_hot)
+    val = None
+    if stats["totals"]["val"] > 0:
+        val = pipeline.make_dataset(
+            records.shard_pattern(data_dir, "val"),
+            training=False,
+            num_examples=stats["totals"]["val"],
+            **common,
+        ).map(one_hot)
+    steps = config.train.steps_per_epoch or max(
+        1, math.ceil(stats["totals"]["train"] / config.data.batch_size)
+    )
+    return train, val, steps
+
+
+def _prepare_phase(model, phase: str, learning_rate: float, steps: int, config) -> None:
+    """Sets what trains in this phase and compiles a fresh optimizer for it."""
+    if phase == "frozen":
+        freezing.freeze_backbone(model)
+    else:
+        freezing.unfreeze_backbone(
+            model,
+            config.train.unfreeze_from,
+            keep_batchnorm_frozen=backbones.uses_pretrained_weights(config.model.weights),
+        )
+    num_classes = model.output.shape[-1]
+    model.compile(
+        optimizer=keras.optimizers.Adam(
+            learning_rate_schedule(config.train.lr_schedule, learning_rate, steps)
+        ),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.train.label_smoothing),
+        metrics=[
+            keras.metrics.CategoricalAccuracy(name="accuracy"),
+            keras.metrics.TopKCategoricalAccuracy(k=min(5, num_classes), name="top5"),
+        ],
+    )
+
+
+def _verbosity() -> int:
+    return 1 if sys.stdout.isatty() else 2
+
+
+def train_and_evaluate(
+    config: ExperimentConfig, model_dir: str | None = None, verbose: bool = True
+) -> TrainResult:
+    """Prepares data if needed, trains both phases, evaluates and exports.
+
+    Args:
+      config: the whole experiment; config.train.model_dir is used unless
+        model_dir is given.
+      model_dir: overrides config.train.model_dir.
+      verbose: progress bars and the final summary.
+
+    Returns:
+      A TrainResult saying where every output went.
+    """
+    started = time.time()
+    model_dir = model_dir or config.train.model_dir
+    validate(config)
+    _check_model_dir(model_dir)
+    data_dir = ensure_data(config, verbose)
+    labels = records.read_labels(data_dir)
+    stats = prepare.read_stats(data_dir)
+    image_size = backbones.resolve_image_size(config.model.backbone, config.data.image_size)
+    config = config.replace(
+        data={"data_dir": data_dir, "image_size": image_size},
+        train={"model_dir": model_dir},
+    )
+    run_files.write_run_files(model_dir, config, labels)
+    num_classes = len(labels)
+
+    train_data, val_data, steps_per_epoch = _datasets(config, stats, num_classes)
+    train_count = stats["totals"]["train"]
+    batch_size = config.data.batch_size
+
+    keras.utils.set_random_seed(config.data.seed)
+    strategy = distribute.get_strategy(config.train.strategy)
+    with strategy.scope():
+        model = classifier.build_classifier(config.model, num_classes, image_size)
+
+    history: list[dict[str, Any]] = []
+    monitor = "val_accuracy" if val_data is not None else "accuracy"
+    checkpoint = _AtomicCheckpoint(model_dir, monitor)
+    history_writer = _HistoryWriter(os.path.join(model_dir, run_files.HISTORY_CSV), history)
+    callbacks = [
+        history_writer,
+        checkpoint,
+        keras.callbacks.TensorBoard(log_dir=os.path.join(model_dir, run_files.LOGS_DIR)),
+    ]
+    if verbose:
+        print(
+            f"Training {config.model.backbone} + {config.model.head} on {data_dir}: "
+            f"{num_classes} classes, {train_count} training images, {image_size} px, "
+            f"batch {batch_size} over {strategy.num_replicas_in_sync} replica(s), "
+            f"{steps_per_epoch} steps per epoch.",
+            file=sys.stderr,
+        )
+    phases = [
+        ("frozen", config.train.epochs_frozen, config.train.lr_frozen),
+        ("finetune", config.train.epochs_finetune, config.train.lr_finetune),
+    ]
+    epoch = 0
+    for phase, epochs, learning_rate in phases:
+        if epochs <= 0:
+            continue
+        with strategy.scope():
+            _prepare_phase(model, phase, learning_rate, epochs * steps_per_epoch, config)
+        if verbose:
+            print(
+                f"Phase {phase}: {epochs} epoch(s), learning rate {learning_rate:g} "
+                f"({config.train.lr_schedule}); "
+                f"{freezing.count_parameters(model)}.",
+                file=sys.stderr,
+            )
+        history_writer.phase = phase
+        model.fit(
+            train_data,
+            validation_data=val_data,
+            initial_epoch=epoch,
+            epochs=epoch + epochs,
+            steps_per_epoch=steps_per_epoch,
+            callbacks=callbacks,
+            shuffle=False,  # The pipeline shuffles; Keras cannot shuffle a tf.data.Dataset.
+            verbose=_verbosity() if verbose else 0,
+        )
+        epoch += epochs
+    plots.training_curves_png(history, os.path.join(model_dir, run_files.CURVES_PNG))
+
+    result = TrainResult(
+        model_dir=model_dir,
+        data_dir=data_dir,
+        best_epoch=checkpoint.best_epoch,
+        best_metric=monitor,
+        best_value=checkpoint.best,
+        history=history,
+    )
+    if config.train.evaluate_after and val_data is None:
+        print(
+            f"No validation split in {data_dir}, so no evaluation; run python -m lmrec.evaluate "
+            f"--model_dir={model_dir} --data=<held-out photos>.",
+            file=sys.stderr,
+        )
+    elif config.train.evaluate_after:
+        from lmrec import evaluate
+
+        result.metrics = evaluate.evaluate(model_dir, verbose=verbose).metrics
+    if config.train.export_after:
+        from lmrec import export
+
+        result.export_path = export.export_saved_model(model_dir, config.export, verbose=verbose)
+    result.seconds = round(time.time() - started, 1)
+    if verbose:
+        print(summary(result), file=sys.stderr)
+    return result
+
+
+def summary(result: TrainResult) -> str:
+    """The closing lines of a run: where each result went."""
+    d = result.model_dir
+    lines = [
+        "",
+        f"Done in {result.seconds:.0f} s. Results:",
+        f"  data           {result.data_dir}",
+        f"  run flags      {os.path.join(d, run_files.FLAGS_FILE)}  (re-run with --flagfile)",
+        f"  best weights   {os.path.join(d, run_files.BEST_WEIGHTS)}  "
+        f"(epoch {result.best_epoch}, {result.best_metric} {result.best_value:.3f})"
+        if result.best_value is not None
+        else f"  last weights   {os.path.join(d, run_files.LAST_WEIGHTS)}",
+        f"  history        {os.path.join(d, run_files.HISTORY_CSV)}, "
+        f"{os.path.join(d, run_files.CURVES_PNG)}",
+        f"  tensorboard    tensorboard --logdir {os.path.join(d, run_files.LOGS_DIR)}",
+    ]
+    if result.metrics:
+        m = result.metrics
+        lines.append(
+            f"  evaluation     {os.path.join(d, run_files.REPORT_DIR)}/  "
+            f"accuracy {m['accuracy']:.3f}, top-5 {m['top5_accuracy']:.3f}, "
+            f"macro-F1 {m['macro_f1']:.3f}, GAP {m['gap']:.3f} on {m['num_images']} images"
+        )
+    if result.export_path:
+        lines.append(f"  SavedModel     {result.export_path}  (TF Serving: serving_default)")
+        lines.append(
+            f"  tag photos     python -m lmrec.predict --model={result.export_path} PHOTOS..."
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    from absl import flags
+
+    from lmrec import config as config_lib
+
+    train_and_evaluate(config_lib.experiment_from_flags(flags.FLAGS))
+    return 0
+
+
+def run() -> None:
+    from lmrec import cli, flags  # noqa: F401 - defines the flags.
+
+    cli.run_stage(main, positional=False)
+
+
+if __name__ == "__main__":
+    run()

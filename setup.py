@@ -1,0 +1,40 @@
+"""Installs lmrec: transfer learning for landmark recognition on Keras 3 / TensorFlow."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="lmrec",
+    version="0.1.0",
+    description="Landmark recognition by transfer learning: TFRecords, Keras backbones, "
+    "evaluation, Grad-CAM, TF Serving export and photo tagging.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10,<3.13",
+    packages=find_packages(include=["lmrec", "lmrec.*"]),
+    install_requires=[
+        # GPU users: pip install "tensorflow[and-cuda]>=2.16,<2.22" (see README).
+        "tensorflow>=2.16,<2.22",
+        "keras>=3.3,<3.16",
+        "keras-cv>=0.9,<0.10",
+        "tensorflow-datasets>=4.9,<4.10",
+        # TensorFlow 2.21 no longer pulls TensorBoard in; training logs need it.
+        "tensorboard>=2.16,<2.22",
+        "numpy>=1.26,<3",
+        "matplotlib>=3.7,<4",
+        "absl-py>=2.0,<3",
+        "pillow>=10.0,<14",
+        "tqdm>=4.60,<5",
+    ],
+    extras_require={
+        "dev": ["pytest>=8,<10", "ruff>=0.5,<1"],
+    },
+    entry_points={
+        "console_scripts": [
+            "lmrec-prepare=lmrec.prepare:run",
+            "lmrec-train=lmrec.train:run",
+            "lmrec-evaluate=lmrec.evaluate:run",
+            "lmrec-export=lmrec.export:run",
+            "lmrec-predict=lmrec.predict:run",
+        ]
+    },
+)
