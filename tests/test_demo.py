@@ -14,7 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from lmrec.config import PrepareConfig
 from lmrec.data.sources import demo
+from lmrec.errors import UserError
 
 SIZE = 48  # small images keep the suite fast
 
@@ -176,10 +178,7 @@ def test_invalid_arguments_raise_value_error_naming_the_argument(call, argument)
 
 
 def test_source_offers_every_class_lazily_with_matching_bytes():
-    config_module = pytest.importorskip("lmrec.config")
-    config = config_module.PrepareConfig(
-        source="demo", demo_images_per_class=2, demo_image_size=40, seed=3
-    )
+    config = PrepareConfig(source="demo", demo_images_per_class=2, demo_image_size=40, seed=3)
     source = demo.source(config)
     assert source.name == "demo"
     assert source.class_names == list(demo.CLASS_NAMES)
@@ -200,8 +199,6 @@ def test_source_offers_every_class_lazily_with_matching_bytes():
     ],
 )
 def test_source_rejects_bad_flags(overrides, flag):
-    config_module = pytest.importorskip("lmrec.config")
-    errors = pytest.importorskip("lmrec.errors")
-    config = config_module.PrepareConfig(source="demo", **overrides)
-    with pytest.raises(errors.UserError, match=flag):
+    config = PrepareConfig(source="demo", **overrides)
+    with pytest.raises(UserError, match=flag):
         demo.source(config)
