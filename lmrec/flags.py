@@ -102,6 +102,14 @@ FLAG_TABLE: tuple[tuple[type, str, str], ...] = (
         "tf.distribute strategy: auto (mirrored over GPUs if any, else default) | default | "
         "mirrored.",
     ),
+    (TrainConfig, "optimizer", "adam | adamw | sgd (Nesterov momentum 0.9); one per phase."),
+    (TrainConfig, "weight_decay", "Decoupled weight decay for adamw and sgd (0: none)."),
+    (
+        TrainConfig,
+        "ema_momentum",
+        "If > 0 (e.g. 0.98), keep an exponential moving average of the weights and use it for "
+        "validation, checkpoints and export: steadier than the last step's weights.",
+    ),
     (TrainConfig, "steps_per_epoch", "Training steps per epoch; 0: one pass over the data."),
     (TrainConfig, "label_smoothing", "Label smoothing of the cross-entropy."),
     (
@@ -109,7 +117,11 @@ FLAG_TABLE: tuple[tuple[type, str, str], ...] = (
         "prepare_if_missing",
         "If data_dir holds no shards, run lmrec.prepare with this config's prepare flags first.",
     ),
-    (TrainConfig, "evaluate_after", "Evaluate the best model after training."),
+    (
+        TrainConfig,
+        "evaluate_after",
+        "Evaluate the best model after training (on --data if given, else the val split).",
+    ),
     (TrainConfig, "export_after", "Export a SavedModel after training."),
     # export
     (ExportConfig, "export_dir", "Parent of <model_name>/<version>/ SavedModels."),

@@ -22,7 +22,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from lmrec import atomic, distribute, plots
+from lmrec import atomic, distribute, optimizers, plots
 from lmrec import model_dir as run_files
 from lmrec.config import ExperimentConfig
 from lmrec.data import pipeline, prepare, records
@@ -43,6 +43,14 @@ class TrainResult:
     metrics: dict[str, Any] | None = None
     export_path: str | None = None
     seconds: float = 0.0
+
+    @property
+    def phase_seconds(self) -> dict[str, float]:
+        """Wall time of each training phase (sum of its epochs, validation included)."""
+        totals: dict[str, float] = {}
+        for row in self.history:
+            totals[row["phase"]] = round(totals.get(row["phase"], 0.0) + row["seconds"], 1)
+        return totals
 
 
 class _HistoryWriter(keras.callbacks.Callback):
@@ -75,22 +83,31 @@ class _HistoryWriter(keras.callbacks.Callback):
 
 
 class _AtomicCheckpoint(keras.callbacks.Callback):
-    """Saves last.weights.h5 every epoch and best.weights.h5 on improvement, never half-written."""
+    """Saves last.weights.h5 every epoch and best.weights.h5 on improvement, never half-written.
+
+    Improvement is a higher accuracy, or the same accuracy at a lower loss: on
+    small validation sets accuracy ties often, and the later, lower-loss epoch
+    is the better model.
+    """
 
     def __init__(self, model_dir: str, monitor: str):
         super().__init__()
         self.model_dir = model_dir
         self.monitor = monitor
+        self.tie_breaker = monitor.replace("accuracy", "loss")
         self.best: float | None = None
+        self.best_loss = float("inf")
         self.best_epoch: int | None = None
 
     def on_epoch_end(self, epoch, logs=None):
         self._save(run_files.LAST_WEIGHTS)
-        value = (logs or {}).get(self.monitor)
+        logs = logs or {}
+        value = logs.get(self.monitor)
         if value is None:
             return
-        if self.best is None or value > self.best:
-            self.best, self.best_epoch = float(value), epoch + 1
+        loss = float(logs.get(self.tie_breaker, float("inf")))
+        if self.best is None or value > self.best or (value == self.best and loss < self.best_loss):
+            self.best, self.best_loss, self.best_epoch = float(value), loss, epoch + 1
             self._save(run_files.BEST_WEIGHTS)
 
     def _save(self, relative: str) -> None:
@@ -135,18 +152,6 @@ def ensure_data(config: ExperimentConfig, verbose: bool = True) -> str:
     )
 
 
-LR_SCHEDULES = ("constant", "cosine")
-
-
-def learning_rate_schedule(name: str, learning_rate: float, total_steps: int):
-    """The learning rate of one phase: constant, or cosine decay to 0 over the phase."""
-    if name == "constant":
-        return learning_rate
-    if name == "cosine":
-        return keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=total_steps)
-    raise UserError(f"Unknown --lr_schedule={name!r}; valid schedules: {', '.join(LR_SCHEDULES)}")
-
-
 def validate(config: ExperimentConfig) -> None:
     """Checks every registry name and number before any slow work, so typos fail at once.
 
@@ -161,7 +166,9 @@ def validate(config: ExperimentConfig) -> None:
     heads.get_builder(config.model.head)
     augment.get_policy(config.data.augment)
     distribute.get_factory(config.train.strategy)
-    learning_rate_schedule(config.train.lr_schedule, 1.0, 1)
+    optimizers.check_names(config.train.optimizer, config.train.lr_schedule)
+    if not 0.0 <= config.train.ema_momentum < 1.0:
+        raise UserError(f"--ema_momentum must be in [0, 1), got {config.train.ema_momentum}")
     if config.data.batch_size < 1:
         raise UserError("--batch_size must be >= 1")
     for flag in ("epochs_frozen", "epochs_finetune", "steps_per_epoch"):
@@ -235,8 +242,13 @@ def _prepare_phase(model, phase: str, learning_rate: float, steps: int, config) 
         )
     num_classes = model.output.shape[-1]
     model.compile(
-        optimizer=keras.optimizers.Adam(
-            learning_rate_schedule(config.train.lr_schedule, learning_rate, steps)
+        optimizer=optimizers.build(
+            config.train.optimizer,
+            learning_rate,
+            steps,
+            schedule=config.train.lr_schedule,
+            weight_decay=config.train.weight_decay,
+            ema_momentum=config.train.ema_momentum,
         ),
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.train.label_smoothing),
         metrics=[
@@ -297,6 +309,7 @@ def train_and_evaluate(
         checkpoint,
         keras.callbacks.TensorBoard(log_dir=os.path.join(model_dir, run_files.LOGS_DIR)),
     ]
+
     if verbose:
         print(
             f"Training {config.model.backbone} + {config.model.head} on {data_dir}: "
@@ -323,13 +336,18 @@ def train_and_evaluate(
                 file=sys.stderr,
             )
         history_writer.phase = phase
+        phase_callbacks = callbacks
+        if config.train.ema_momentum > 0:
+            # One per phase (each phase has a fresh optimizer); first, so the checkpoint and
+            # the validation see the averaged weights.
+            phase_callbacks = [keras.callbacks.SwapEMAWeights(swap_on_epoch=True), *callbacks]
         model.fit(
             train_data,
             validation_data=val_data,
             initial_epoch=epoch,
             epochs=epoch + epochs,
             steps_per_epoch=steps_per_epoch,
-            callbacks=callbacks,
+            callbacks=phase_callbacks,
             shuffle=False,  # The pipeline shuffles; Keras cannot shuffle a tf.data.Dataset.
             verbose=_verbosity() if verbose else 0,
         )
@@ -344,7 +362,7 @@ def train_and_evaluate(
         best_value=checkpoint.best,
         history=history,
     )
-    if config.train.evaluate_after and val_data is None:
+    if config.train.evaluate_after and val_data is None and not config.evaluate.data:
         print(
             f"No validation split in {data_dir}, so no evaluation; run python -m lmrec.evaluate "
             f"--model_dir={model_dir} --data=<held-out photos>.",
@@ -353,7 +371,9 @@ def train_and_evaluate(
     elif config.train.evaluate_after:
         from lmrec import evaluate
 
-        result.metrics = evaluate.evaluate(model_dir, verbose=verbose).metrics
+        result.metrics = evaluate.evaluate(
+            model_dir, config.evaluate.data, config.data.batch_size, verbose=verbose
+        ).metrics
     if config.train.export_after:
         from lmrec import export
 

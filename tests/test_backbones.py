@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import http.server
+import threading
+
 import keras
 import numpy as np
 import pytest
@@ -51,35 +54,92 @@ def test_weights_argument_is_validated(tmp_path):
         backbones.build_backbone("baseline", 64, "imagenet")
 
 
-def test_imagenet_download_failure_says_what_to_fetch_and_where(monkeypatch):
-    def offline(*args, **kwargs):
-        raise Exception(
-            "URL fetch failure on https://storage.googleapis.com/tensorflow/keras-applications/"
-            "resnet/resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5: None -- [Errno -2] "
-            "Name or service not known"
-        )
+@pytest.fixture
+def loopback_404_server():
+    """An HTTP server on 127.0.0.1 that answers 404 to everything (a mirror without the file)."""
 
-    spec = backbones.BACKBONES["resnet50"]
-    monkeypatch.setitem(
-        backbones.BACKBONES,
-        "resnet50",
-        backbones.BackboneSpec(offline, spec.preprocess, spec.default_size, spec.min_size),
-    )
+    class NotFound(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - the http.server API
+            self.send_error(404, "Not Found")
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), NotFound)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/keras-applications/resnet/"
+    server.shutdown()
+
+
+def test_imagenet_download_failure_says_what_to_fetch_and_where(
+    loopback_404_server, monkeypatch, tmp_path
+):
+    """The real Keras download path, pointed at a loopback server that lacks the file."""
+    from keras.src.applications import resnet
+
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
+    monkeypatch.setattr(resnet, "BASE_WEIGHTS_PATH", loopback_404_server)
     with pytest.raises(UserError) as error:
         backbones.build_backbone("resnet50", 64, "imagenet")
     message = str(error.value)
-    assert "https://storage.googleapis.com/" in message
-    assert "models/resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5" in message
-    assert "--weights=none" in message
+    file_name = "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
+    assert f"Fetch {loopback_404_server}{file_name}" in message
+    assert f"put it at {tmp_path / 'keras_home' / 'models' / file_name}" in message
+    assert "--weights=none" in message and "Traceback" not in message
 
 
-def test_a_local_weights_file_is_loaded(tmp_path):
-    donor = backbones.build_backbone("resnet50", 64, "none")
-    path = str(tmp_path / "resnet50_notop.weights.h5")
-    donor.save_weights(path)
-    loaded = backbones.build_backbone("resnet50", 64, path)
-    for a, b in zip(donor.weights, loaded.weights, strict=True):
-        np.testing.assert_array_equal(a.numpy(), b.numpy())
+def _save_legacy_h5(model, path):
+    """Writes weights the way Keras' published .h5 files are laid out (by layer name)."""
+    import h5py
+    from keras.src.legacy.saving import legacy_h5_format
+
+    with h5py.File(path, "w") as f:
+        legacy_h5_format.save_weights_to_hdf5_group(f, model)
+
+
+def test_legacy_h5_files_with_or_without_top_load(tmp_path):
+    full = keras.applications.ResNet50(weights=None, input_shape=(64, 64, 3), classes=1000)
+    notop = keras.applications.ResNet50(weights=None, include_top=False, input_shape=(64, 64, 3))
+    for model, name in ((full, "full.h5"), (notop, "notop.h5")):
+        path = str(tmp_path / name)
+        _save_legacy_h5(model, path)
+        loaded = backbones.build_backbone("resnet50", 64, path)
+        for layer in notop.layers:
+            if layer.weights:
+                for a, b in zip(
+                    model.get_layer(layer.name).weights,
+                    loaded.get_layer(layer.name).weights,
+                    strict=True,
+                ):
+                    np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_a_weights_file_of_another_backbone_is_a_clear_error(tmp_path):
+    path = str(tmp_path / "xception_notop.h5")
+    _save_legacy_h5(keras.applications.Xception(weights=None, include_top=False), path)
+    with pytest.raises(UserError, match=r"does not fit resnet50: \d+ of its layers are not in"):
+        backbones.build_backbone("resnet50", 64, path)
+    keras3_file = str(tmp_path / "other.weights.h5")
+    keras.applications.MobileNetV2(weights=None, include_top=False).save_weights(keras3_file)
+    with pytest.raises(UserError, match="does not fit resnet50"):
+        backbones.build_backbone("resnet50", 64, keras3_file)
+
+
+def test_keras3_weights_files_load_whole_and_partial_loads_are_refused(tmp_path):
+    full = keras.applications.ResNet50(weights=None, input_shape=(64, 64, 3))
+    full_file = str(tmp_path / "resnet50_full.weights.h5")
+    full.save_weights(full_file)
+    loaded = backbones.build_backbone("resnet50", 64, full_file)
+    np.testing.assert_array_equal(
+        loaded.get_layer("conv5_block3_3_conv").kernel.numpy(),
+        full.get_layer("conv5_block3_3_conv").kernel.numpy(),
+    )
+    # A Lite1 file into Lite0: same layer kinds, more blocks. Keras only warns; lmrec refuses.
+    lite1_file = str(tmp_path / "lite1.weights.h5")
+    backbones.build_backbone("efficientnet_lite1", 64, "none").save_weights(lite1_file)
+    with pytest.raises(UserError, match="does not fit"):
+        backbones.build_backbone("efficientnet_lite0", 64, lite1_file)
 
 
 def test_freezing_phases_and_unfreeze_from_a_named_block():
@@ -103,3 +163,14 @@ def test_freezing_phases_and_unfreeze_from_a_named_block():
     assert "block1_conv1_bn" in {layer.name for layer in model.backbone.layers if layer.trainable}
     with pytest.raises(UserError, match="--unfreeze_from='block9'.*block1_conv1"):
         freezing.unfreeze_backbone(model, "block9")
+
+
+def test_scratch_backbones_get_batchnorm_momentum_that_short_runs_can_follow(monkeypatch, tmp_path):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))  # the Lite weights cache goes there
+    scratch = backbones.build_backbone("efficientnet_lite0", 64, "none")
+    pretrained = backbones.build_backbone("efficientnet_lite0", 64, "imagenet")
+    batchnorm = keras.layers.BatchNormalization
+    assert {layer.momentum for layer in scratch.layers if isinstance(layer, batchnorm)} == {0.9}
+    assert {layer.momentum for layer in pretrained.layers if isinstance(layer, batchnorm)} == {0.99}
+    baseline = backbones.build_backbone("baseline", 64, "none")
+    assert {layer.momentum for layer in baseline.layers if isinstance(layer, batchnorm)} == {0.9}

@@ -18,6 +18,7 @@ RANGES = {
     "baseline": (-1.0, 1.0),
     "resnet50": (-123.68, 151.061),  # caffe mode: BGR minus ImageNet means
     "efficientnetb7": (0.0, 255.0),  # normalizes inside the network
+    **{f"efficientnet_lite{i}": (-127 / 128, 1.0) for i in range(3)},  # mean 127, std 128
 }
 
 

