@@ -40,6 +40,7 @@ class DataConfig:
     image_size: int = 0  # 0: the backbone's default size.
     batch_size: int = 32
     augment: str = "crop_flip"
+    mixing: str = "none"
     shuffle_buffer: int = 2048
     seed: int = 42
 
@@ -68,6 +69,7 @@ class TrainConfig:
     optimizer: str = "adam"  # adam | adamw | sgd (Nesterov momentum 0.9)
     weight_decay: float = 0.0  # decoupled weight decay for adamw and sgd
     ema_momentum: float = 0.0  # > 0: validate, checkpoint and export an EMA of the weights
+    select_epoch: str = "best"  # best (val accuracy) | last: the epoch evaluated and exported
     unfreeze_from: str = ""  # "" unfreezes the whole backbone in phase 2.
     strategy: str = "auto"
     steps_per_epoch: int = 0  # 0: one pass over the training shards.

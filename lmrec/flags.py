@@ -67,6 +67,7 @@ FLAG_TABLE: tuple[tuple[type, str, str], ...] = (
     (DataConfig, "image_size", "Model input side in pixels; 0: backbone default."),
     (DataConfig, "batch_size", "Global batch size (split across replicas)."),
     (DataConfig, "augment", "Training augmentation policy: none | crop_flip | randaugment."),
+    (DataConfig, "mixing", "Mix training batches and their labels: none | mixup | cutmix."),
     (DataConfig, "shuffle_buffer", "Examples in the shuffle buffer."),
     # model
     (ModelConfig, "backbone", "xception | inceptionv3 | resnet50 | efficientnetb7 | baseline."),
@@ -109,6 +110,13 @@ FLAG_TABLE: tuple[tuple[type, str, str], ...] = (
         "ema_momentum",
         "If > 0 (e.g. 0.98), keep an exponential moving average of the weights and use it for "
         "validation, checkpoints and export: steadier than the last step's weights.",
+    ),
+    (
+        TrainConfig,
+        "select_epoch",
+        "Which epoch's weights are evaluated and exported: best (highest validation accuracy) "
+        "or last. With a small validation split, picking by it is noisy, and the last epoch of "
+        "a decayed schedule is often the better model.",
     ),
     (TrainConfig, "steps_per_epoch", "Training steps per epoch; 0: one pass over the data."),
     (TrainConfig, "label_smoothing", "Label smoothing of the cross-entropy."),

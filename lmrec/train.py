@@ -25,7 +25,7 @@ import tensorflow as tf
 from lmrec import atomic, distribute, optimizers, plots
 from lmrec import model_dir as run_files
 from lmrec.config import ExperimentConfig
-from lmrec.data import pipeline, prepare, records
+from lmrec.data import augment, pipeline, prepare, records
 from lmrec.errors import UserError
 from lmrec.models import backbones, classifier, freezing
 
@@ -82,18 +82,23 @@ class _HistoryWriter(keras.callbacks.Callback):
         atomic.write_text(self.path, buffer.getvalue())
 
 
+SELECT_EPOCH = ("best", "last")
+
+
 class _AtomicCheckpoint(keras.callbacks.Callback):
     """Saves last.weights.h5 every epoch and best.weights.h5 on improvement, never half-written.
 
-    Improvement is a higher accuracy, or the same accuracy at a lower loss: on
-    small validation sets accuracy ties often, and the later, lower-loss epoch
-    is the better model.
+    best.weights.h5 is the selected model that evaluate and export load. Improvement
+    is a higher accuracy, or the same accuracy at a lower loss: on small validation
+    sets accuracy ties often, and the later, lower-loss epoch is the better model.
+    With select="last" every epoch counts as an improvement.
     """
 
-    def __init__(self, model_dir: str, monitor: str):
+    def __init__(self, model_dir: str, monitor: str, select: str = "best"):
         super().__init__()
         self.model_dir = model_dir
         self.monitor = monitor
+        self.select_last = select == "last"
         self.tie_breaker = monitor.replace("accuracy", "loss")
         self.best: float | None = None
         self.best_loss = float("inf")
@@ -106,7 +111,10 @@ class _AtomicCheckpoint(keras.callbacks.Callback):
         if value is None:
             return
         loss = float(logs.get(self.tie_breaker, float("inf")))
-        if self.best is None or value > self.best or (value == self.best and loss < self.best_loss):
+        improved = (
+            self.best is None or value > self.best or (value == self.best and loss < self.best_loss)
+        )
+        if improved or self.select_last:
             self.best, self.best_loss, self.best_epoch = float(value), loss, epoch + 1
             self._save(run_files.BEST_WEIGHTS)
 
@@ -158,15 +166,20 @@ def validate(config: ExperimentConfig) -> None:
     Raises:
       UserError: naming the offending flag.
     """
-    from lmrec.data import augment
     from lmrec.models import heads
 
     backbones.resolve_image_size(config.model.backbone, config.data.image_size)
     backbones.normalize_weights(config.model.weights)
     heads.get_builder(config.model.head)
     augment.get_policy(config.data.augment)
+    augment.check_mixing(config.data.mixing)
     distribute.get_factory(config.train.strategy)
     optimizers.check_names(config.train.optimizer, config.train.lr_schedule)
+    if config.train.select_epoch not in SELECT_EPOCH:
+        raise UserError(
+            f"--select_epoch must be one of {', '.join(SELECT_EPOCH)}, "
+            f"got {config.train.select_epoch!r}"
+        )
     if not 0.0 <= config.train.ema_momentum < 1.0:
         raise UserError(f"--ema_momentum must be in [0, 1), got {config.train.ema_momentum}")
     if config.data.batch_size < 1:
@@ -216,6 +229,7 @@ def _datasets(config: ExperimentConfig, stats: dict, num_classes: int):
         shuffle_buffer=config.data.shuffle_buffer,
         **common,
     ).map(one_hot)
+    train = augment.mix_batches(train, config.data.mixing, config.data.seed)
     val = None
     if stats["totals"]["val"] > 0:
         val = pipeline.make_dataset(
@@ -302,7 +316,7 @@ def train_and_evaluate(
 
     history: list[dict[str, Any]] = []
     monitor = "val_accuracy" if val_data is not None else "accuracy"
-    checkpoint = _AtomicCheckpoint(model_dir, monitor)
+    checkpoint = _AtomicCheckpoint(model_dir, monitor, config.train.select_epoch)
     history_writer = _HistoryWriter(os.path.join(model_dir, run_files.HISTORY_CSV), history)
     callbacks = [
         history_writer,

@@ -91,17 +91,21 @@ def test_training_crops_differ_between_epochs_but_evaluation_is_fixed():
     assert fixed[0].shape == (32, 32, 3) and 0 <= fixed[0].min() and fixed[0].max() <= 255
 
 
-def test_randaugment_policy_runs_inside_tf_data(demo_records):
-    dataset = pipeline.make_dataset(
+def _training_batches(demo_records: str, policy: str, batch_size: int, seed: int):
+    """Demo training batches at 48 px, scaled to [0, 1]."""
+    return pipeline.make_dataset(
         records.shard_pattern(demo_records, "train"),
         48,
         lambda x: x / 255.0,
-        batch_size=4,
+        batch_size=batch_size,
         training=True,
-        augment_policy="randaugment",
-        seed=2,
+        augment_policy=policy,
+        seed=seed,
     )
-    images, _ = next(iter(dataset))
+
+
+def test_randaugment_policy_runs_inside_tf_data(demo_records):
+    images, _ = next(iter(_training_batches(demo_records, "randaugment", 4, seed=2)))
     assert images.shape == (4, 48, 48, 3)
     assert 0.0 <= float(tf.reduce_min(images)) and float(tf.reduce_max(images)) <= 1.0
 
@@ -109,12 +113,23 @@ def test_randaugment_policy_runs_inside_tf_data(demo_records):
 def test_missing_shards_and_unknown_policy_are_clear_errors(tmp_path, demo_records):
     with pytest.raises(UserError, match="No TFRecord shards match"):
         pipeline.make_dataset(str(tmp_path / "x-*.tfrecord"), 32, lambda x: x, 2, training=False)
-    with pytest.raises(UserError, match="--augment='mixup'.*crop_flip"):
-        pipeline.make_dataset(
-            records.shard_pattern(demo_records, "train"),
-            32,
-            lambda x: x,
-            2,
-            training=True,
-            augment_policy="mixup",
-        )
+    with pytest.raises(UserError, match="--augment='autoaugment'.*crop_flip"):
+        _training_batches(demo_records, "autoaugment", 2, seed=1)
+
+
+@pytest.mark.parametrize("mixing", ["mixup", "cutmix"])
+def test_mixing_blends_images_and_labels_in_proportion(demo_records, mixing):
+    dataset = _training_batches(demo_records, "none", 16, seed=3)
+    dataset = dataset.map(lambda x, y: (x, tf.one_hot(y, 8)))
+    images, labels = next(iter(pipeline.augment.mix_batches(dataset, mixing, seed=3)))
+    labels = labels.numpy()
+    assert images.shape == (16, 48, 48, 3)
+    np.testing.assert_allclose(labels.sum(axis=1), 1.0, atol=1e-5)
+    # Some photo now carries two classes' labels (a pure one-hot batch would fail this).
+    assert ((labels > 1e-3).sum(axis=1) >= 2).any()
+    assert pipeline.augment.mix_batches(dataset, "none", seed=3) is dataset
+
+
+def test_unknown_mixing_is_a_clear_error(demo_records):
+    with pytest.raises(UserError, match="--mixing='blend'.*cutmix"):
+        pipeline.augment.check_mixing("blend")

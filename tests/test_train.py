@@ -6,10 +6,13 @@ import csv
 import json
 import os
 
+import keras
+import numpy as np
 import pytest
 
 from lmrec import config
 from lmrec import model_dir as run_files
+from lmrec import train as train_module
 from lmrec.data import records
 from lmrec.errors import UserError
 from lmrec.train import train_and_evaluate
@@ -81,3 +84,24 @@ def test_unwritable_model_dir_fails_at_once(tmp_path):
     experiment = small_demo_config(str(tmp_path), model_dir=str(blocker / "run"))
     with pytest.raises(UserError, match="--model_dir=.* is not writable"):
         train_and_evaluate(experiment, verbose=False)
+
+
+@pytest.mark.parametrize("select, kept_epoch", [("best", 1), ("last", 2)])
+def test_select_epoch_decides_which_weights_are_kept(tmp_path, select, kept_epoch):
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1, use_bias=False)])
+    saved = train_module._AtomicCheckpoint(str(tmp_path), "val_accuracy", select)
+    saved.set_model(model)
+    kernels = {}
+    for epoch, accuracy in ((1, 0.9), (2, 0.8)):
+        kernels[epoch] = np.full((2, 1), float(epoch), np.float32)
+        model.layers[0].kernel.assign(kernels[epoch])
+        saved.on_epoch_end(epoch - 1, {"val_accuracy": accuracy, "val_loss": 1.0})
+    model.load_weights(str(tmp_path / run_files.BEST_WEIGHTS))
+    np.testing.assert_array_equal(model.layers[0].kernel.numpy(), kernels[kept_epoch])
+    assert saved.best_epoch == kept_epoch
+
+
+def test_unknown_select_epoch_is_rejected(tmp_path):
+    experiment = small_demo_config(str(tmp_path), select_epoch="first")
+    with pytest.raises(UserError, match="--select_epoch"):
+        train_module.validate(experiment)

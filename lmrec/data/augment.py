@@ -43,6 +43,49 @@ AUGMENTATIONS: dict[str, AugmentPolicy] = {
 }
 
 
+def _mixup(seed: int):
+    import keras_cv
+
+    return keras_cv.layers.MixUp(alpha=0.2, seed=seed)
+
+
+def _cutmix(seed: int):
+    import keras_cv
+
+    return keras_cv.layers.CutMix(alpha=1.0, seed=seed)
+
+
+# Batch-level mixing of images *and* labels (so it runs after labels are one-hot): blends
+# two photos (MixUp) or pastes a patch of one into another (CutMix), with the label mixed
+# in proportion. A regularizer for small datasets with ambiguous classes.
+MIXING: dict[str, Callable[[int], Callable] | None] = {
+    "none": None,
+    "mixup": _mixup,
+    "cutmix": _cutmix,
+}
+
+
+def check_mixing(name: str) -> None:
+    if name not in MIXING:
+        raise UserError(f"Unknown --mixing={name!r}; valid: {', '.join(sorted(MIXING))}")
+
+
+def mix_batches(dataset, name: str, seed: int | None):
+    """Applies the named mixing to a dataset of (images, one-hot labels) training batches."""
+    import tensorflow as tf
+
+    check_mixing(name)
+    if MIXING[name] is None:
+        return dataset
+    layer = MIXING[name](seed or 0)
+
+    def mix(images, labels):
+        mixed = layer({"images": images, "labels": tf.cast(labels, tf.float32)}, training=True)
+        return mixed["images"], mixed["labels"]
+
+    return dataset.map(mix, num_parallel_calls=tf.data.AUTOTUNE)
+
+
 def get_policy(name: str) -> AugmentPolicy:
     try:
         return AUGMENTATIONS[name]
