@@ -1,6 +1,6 @@
 """Pretrained vs from scratch on real photos: the comparison transfer learning has to win.
 
-    python benchmarks/transfer_real_photos.py [--datasets=vn_landmarks,intel_scenes]
+    python benchmarks/transfer_real_photos.py [--datasets=vietnam_landmarks,intel_scenes]
                                               [--recipes=lite0,lite0_scratch,baseline]
                                               [--seeds=42] [--append]
 
@@ -29,7 +29,7 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA_FOLDERS = {
-    "vn_landmarks": "../shared/data/vn_landmarks",
+    "vietnam_landmarks": "../shared/data/vn_landmarks",
     "intel_scenes": "../shared/data/intel_scenes_small",
 }
 RECIPES = {

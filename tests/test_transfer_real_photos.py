@@ -1,7 +1,8 @@
 """Fine-tuning a pretrained backbone works: real photos, ImageNet weights vs random weights.
 
 Uses ../shared/data/vn_landmarks (skips when absent) with a shortened version of
-configs/vn_landmarks_lite0.cfg: 160 px, 2 frozen epochs + 1 fine-tuning epoch.
+configs/vietnam_landmarks_lite0.cfg: 160 px, 2 frozen epochs + 1 fine-tuning epoch,
+no MixUp.
 """
 
 from __future__ import annotations
@@ -12,12 +13,20 @@ from lmrec import config
 from lmrec.train import train_and_evaluate
 from tests.conftest import REPO
 
-SHORT = ["--image_size=160", "--epochs_frozen=2", "--epochs_finetune=1", "--export_after=false"]
+# MixUp is off: in 3 epochs it slows the head down more than it regularizes (with it on,
+# one of three runs of this file failed).
+SHORT = [
+    "--image_size=160",
+    "--epochs_frozen=2",
+    "--epochs_finetune=1",
+    "--mixing=none",
+    "--export_after=false",
+]
 
 
 def _run(tmp_path, recipe: str, vn_landmarks):
     experiment = config.experiment_from_flagfile(
-        str(REPO / "configs" / f"vn_landmarks_{recipe}.cfg"),
+        str(REPO / "configs" / f"vietnam_landmarks_{recipe}.cfg"),
         f"--input_dir={vn_landmarks / 'train'}",
         f"--data={vn_landmarks / 'test'}",
         f"--data_dir={tmp_path / 'tf_records' / 'vn_landmarks'}",
