@@ -13,8 +13,8 @@ from lmrec import config
 from lmrec.train import train_and_evaluate
 from tests.conftest import REPO
 
-# MixUp is off: in 3 epochs it slows the head down more than it regularizes (with it on,
-# one of three runs of this file failed).
+# MixUp is off: these 3-epoch runs check that transfer works, not the full recipe; with
+# MixUp on, one of three runs of this file failed.
 SHORT = [
     "--image_size=160",
     "--epochs_frozen=2",
