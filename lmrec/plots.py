@@ -81,3 +81,53 @@ def training_curves_png(history: list[dict], path: str) -> None:
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8)
     _save(figure, path)
+
+
+def dataset_stats_png(stats: dict, path: str) -> None:
+    """A prepared dataset at a glance: the long tail, photo sizes, and why files were skipped.
+
+    Panel 1: images per class, sorted, on a log scale (GLDv2 subsets are long-tailed).
+    Panel 2: original photo sizes (width x height, in 32-pixel buckets), dot area by count.
+    Panel 3: skipped files by reason (the part before any detail in parentheses).
+    """
+    figure, axes = plt.subplots(1, 3, figsize=(16, 4.2))
+    per_class = sorted(
+        (c["train"] + c["val"] for c in stats["classes"] if c.get("index") is not None),
+        reverse=True,
+    )
+    axis = axes[0]
+    if per_class:
+        axis.bar(range(len(per_class)), per_class, width=1.0, color="tab:blue")
+        axis.set_yscale("log")
+    axis.set_xlabel(f"class rank ({len(per_class)} classes)")
+    axis.set_ylabel("images (train + val)")
+    axis.set_title("images per class")
+    axis.grid(alpha=0.3, axis="y")
+
+    axis = axes[1]
+    sizes = stats.get("image_sizes", {})
+    if sizes:
+        widths, heights, counts = zip(
+            *((int(k.split("x")[0]), int(k.split("x")[1]), n) for k, n in sizes.items()),
+            strict=True,
+        )
+        area = 400 * np.sqrt(np.asarray(counts) / max(counts))
+        axis.scatter(widths, heights, s=area, alpha=0.5, color="tab:green")
+    axis.set_xlabel("width (px)")
+    axis.set_ylabel("height (px)")
+    axis.set_title(f"photo sizes ({sum(sizes.values())} kept photos)")
+    axis.grid(alpha=0.3)
+
+    axis = axes[2]
+    reasons: dict[str, int] = {}
+    for entry in stats.get("skipped", []):
+        reason = entry["reason"].split(" (")[0]
+        reasons[reason] = reasons.get(reason, 0) + 1
+    if reasons:
+        ordered = sorted(reasons.items(), key=lambda kv: kv[1], reverse=True)[:12]
+        axis.barh([r for r, _ in ordered][::-1], [n for _, n in ordered][::-1], color="tab:red")
+    else:
+        axis.text(0.5, 0.5, "no file skipped", ha="center", va="center", transform=axis.transAxes)
+    axis.set_xlabel("files")
+    axis.set_title(f"skipped files ({len(stats.get('skipped', []))})")
+    _save(figure, path)

@@ -173,6 +173,7 @@ def validate(config: ExperimentConfig) -> None:
     heads.get_builder(config.model.head)
     augment.get_policy(config.data.augment)
     augment.check_mixing(config.data.mixing)
+    pipeline.check_balance(config.data.balance)
     distribute.get_factory(config.train.strategy)
     optimizers.check_names(config.train.optimizer, config.train.lr_schedule)
     if config.train.select_epoch not in SELECT_EPOCH:
@@ -204,8 +205,24 @@ def _check_model_dir(model_dir: str) -> None:
         raise UserError(f"--model_dir={model_dir} is not writable: {error.strerror}") from None
 
 
+def train_class_counts(stats: dict, num_classes: int) -> list[int]:
+    """Training images per class (index = label) from a prepared dataset's stats.json."""
+    counts = [0] * num_classes
+    for entry in stats["classes"]:
+        index = entry.get("index")
+        if index is not None and 0 <= index < num_classes:
+            counts[index] = int(entry.get("train", 0))
+    return counts
+
+
 def _datasets(config: ExperimentConfig, stats: dict, num_classes: int):
-    """Training (repeated, augmented) and validation datasets with one-hot labels.
+    """Training (repeated, augmented, balanced) and validation datasets with one-hot labels.
+
+    --balance=resample draws the training stream class-balanced; with
+    --balance=class_weights each training batch also carries per-example loss
+    weights (inverse class frequency, after mixing so mixed labels mix their
+    weights), which Keras' fit applies as sample weights. Validation is never
+    balanced or weighted.
 
     Returns:
       (train dataset, val dataset or None when there is no val split, steps per epoch).
@@ -222,14 +239,19 @@ def _datasets(config: ExperimentConfig, stats: dict, num_classes: int):
     def one_hot(images, labels):
         return images, tf.one_hot(labels, num_classes)
 
+    counts = train_class_counts(stats, num_classes)
     train = pipeline.make_dataset(
         records.shard_pattern(data_dir, "train"),
         training=True,
         augment_policy=config.data.augment,
         shuffle_buffer=config.data.shuffle_buffer,
+        balance=config.data.balance,
+        class_counts=counts,
         **common,
     ).map(one_hot)
     train = augment.mix_batches(train, config.data.mixing, config.data.seed)
+    if config.data.balance == "class_weights":
+        train = pipeline.with_class_weights(train, pipeline.class_weights(counts))
     val = None
     if stats["totals"]["val"] > 0:
         val = pipeline.make_dataset(
@@ -332,6 +354,13 @@ def train_and_evaluate(
             f"{steps_per_epoch} steps per epoch.",
             file=sys.stderr,
         )
+        if config.data.balance != "none":
+            counts = train_class_counts(stats, num_classes)
+            print(
+                f"Balance: {config.data.balance} (training images per class: "
+                f"{min(counts)} to {max(counts)}; validation is not balanced).",
+                file=sys.stderr,
+            )
     phases = [
         ("frozen", config.train.epochs_frozen, config.train.lr_frozen),
         ("finetune", config.train.epochs_finetune, config.train.lr_finetune),

@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from lmrec.data import pipeline, records
+from lmrec import train as train_module
+from lmrec.data import pipeline, prepare, records
 from lmrec.errors import UserError
 from lmrec.models import backbones
-from tests.conftest import jpeg_bytes
+from tests.conftest import jpeg_bytes, small_demo_config
 
 # Expected output range of each backbone's normalization for inputs in [0, 255].
 RANGES = {
@@ -83,7 +84,7 @@ def test_evaluation_pass_is_ordered_complete_and_has_known_length(demo_records):
 
 def test_training_crops_differ_between_epochs_but_evaluation_is_fixed():
     encoded = tf.constant(jpeg_bytes(3, size=(120, 90)))
-    policy = pipeline.augment.get_policy("crop_flip")
+    policy = pipeline.augment.get_policy("light")
     crops = [pipeline.random_crop_and_resize(encoded, 32, policy, None).numpy() for _ in range(4)]
     assert any(not np.allclose(crops[0], c) for c in crops[1:])
     fixed = [pipeline.decode_and_resize(encoded, 32).numpy() for _ in range(2)]
@@ -113,8 +114,10 @@ def test_randaugment_policy_runs_inside_tf_data(demo_records):
 def test_missing_shards_and_unknown_policy_are_clear_errors(tmp_path, demo_records):
     with pytest.raises(UserError, match="No TFRecord shards match"):
         pipeline.make_dataset(str(tmp_path / "x-*.tfrecord"), 32, lambda x: x, 2, training=False)
-    with pytest.raises(UserError, match="--augment='autoaugment'.*crop_flip"):
+    with pytest.raises(UserError, match="--augment='autoaugment'.*light.*seeds"):
         _training_batches(demo_records, "autoaugment", 2, seed=1)
+    with pytest.raises(UserError, match="renamed to --augment=light"):
+        pipeline.augment.get_policy("crop_flip")
 
 
 @pytest.mark.parametrize("mixing", ["mixup", "cutmix"])
@@ -133,3 +136,154 @@ def test_mixing_blends_images_and_labels_in_proportion(demo_records, mixing):
 def test_unknown_mixing_is_a_clear_error(demo_records):
     with pytest.raises(UserError, match="--mixing='blend'.*cutmix"):
         pipeline.augment.check_mixing("blend")
+
+
+def test_seeds_policy_shifts_and_jitters_inside_tf_data(demo_records):
+    images, labels = next(iter(_training_batches(demo_records, "seeds", 4, seed=4)))
+    assert images.shape == (4, 48, 48, 3) and images.dtype == tf.float32
+    assert labels.shape == (4,) and labels.dtype == tf.int32
+    assert 0.0 <= float(tf.reduce_min(images)) and float(tf.reduce_max(images)) <= 1.0
+    # The batch stage alone, on fixed (evaluation) batches: it must change the pixels.
+    plain = pipeline.make_dataset(
+        records.shard_pattern(demo_records, "val"), 48, lambda x: x, 8, training=False
+    ).take(1)
+    batch_layer = pipeline.augment.get_policy("seeds").batch_layer(5)
+    pairs = plain.map(lambda x, y: (x, batch_layer(x, training=True)))
+    before, after = (t.numpy() for t in next(iter(pairs)))
+    assert after.shape == before.shape == (8, 48, 48, 3)
+    assert 0.0 <= after.min() and after.max() <= 255.0
+    changed = np.abs(after - before).reshape(8, -1).mean(axis=1)
+    assert (changed > 1.0).all(), changed  # every image, by more than a level on average
+
+
+def test_class_weights_are_inverse_frequency_with_mean_one():
+    weights = pipeline.class_weights([90, 10, 45])
+    assert weights.mean() == pytest.approx(1.0)
+    assert weights[1] > weights[2] > weights[0]
+    assert weights[1] / weights[0] == pytest.approx(9.0)
+    assert weights[2] / weights[0] == pytest.approx(2.0)
+    np.testing.assert_allclose(pipeline.class_weights([7, 7, 7]), 1.0)
+    empty = pipeline.class_weights([10, 0, 30])
+    assert empty[1] == 0.0 and empty[[0, 2]].mean() == pytest.approx(1.0)
+    with pytest.raises(UserError, match="no class has training images"):
+        pipeline.class_weights([0, 0])
+
+
+def test_sample_weights_follow_sparse_one_hot_and_mixed_labels():
+    weights = pipeline.class_weights([90, 10])  # [0.2, 1.8]
+    images = tf.zeros([3, 2, 2, 3])
+    sparse = tf.data.Dataset.from_tensors((images, tf.constant([0, 1, 1])))
+    _, _, w = next(iter(pipeline.with_class_weights(sparse, weights)))
+    np.testing.assert_allclose(w.numpy(), weights[[0, 1, 1]], rtol=1e-6)
+    mixed = tf.constant([[1.0, 0.0], [0.0, 1.0], [0.7, 0.3]])
+    dense = tf.data.Dataset.from_tensors((images, mixed))
+    _, labels, w = next(iter(pipeline.with_class_weights(dense, weights)))
+    np.testing.assert_allclose(w.numpy(), [0.2, 1.8, 0.7 * 0.2 + 0.3 * 1.8], rtol=1e-6)
+    np.testing.assert_array_equal(labels.numpy(), mixed.numpy())
+
+
+@pytest.fixture(scope="module")
+def skewed_records(tmp_path_factory) -> str:
+    """90 photos of class 0 and 10 of class 1, 16 px, in 3 shards."""
+    directory = str(tmp_path_factory.mktemp("skewed"))
+    writer = records.ShardWriter(directory, "train", images_per_shard=40)
+    for i in range(100):
+        label = 1 if i % 10 == 0 else 0
+        writer.write(records.Record(f"c{label}/{i}.jpg", label, jpeg_bytes(i, (16, 16)), 16, 16))
+    writer.finish()
+    return records.shard_pattern(directory, "train")
+
+
+def _share_of_class_one(pattern: str, batches: int, **balance) -> float:
+    dataset = pipeline.make_dataset(
+        pattern,
+        16,
+        lambda x: x,
+        batch_size=25,
+        training=True,
+        augment_policy="none",
+        seed=7,
+        shuffle_buffer=100,
+        **balance,
+    )
+    labels = np.concatenate([y.numpy() for _, y in dataset.take(batches)])
+    return float((labels == 1).mean())
+
+
+def test_resample_balances_a_skewed_stream(skewed_records):
+    # 400 labels: a binomial share of 0.5 has a standard deviation of 0.025.
+    balanced = _share_of_class_one(skewed_records, 16, balance="resample", class_counts=[90, 10])
+    assert balanced == pytest.approx(0.5, abs=0.1)
+    assert _share_of_class_one(skewed_records, 8) == pytest.approx(0.1, abs=0.06)
+    # class_weights leaves sampling alone (the weights are added after mixing, in train).
+    skewed = _share_of_class_one(skewed_records, 8, balance="class_weights")
+    assert skewed == pytest.approx(0.1, abs=0.06)
+
+
+def test_evaluation_is_never_resampled(skewed_records):
+    dataset = pipeline.make_dataset(
+        skewed_records,
+        16,
+        lambda x: x,
+        25,
+        training=False,
+        balance="resample",
+        class_counts=[90, 10],
+    )
+    labels = np.concatenate([y.numpy() for _, y in dataset])
+    assert len(labels) == 100 and int((labels == 1).sum()) == 10
+
+
+def test_unknown_balance_and_resample_without_counts_are_clear_errors(skewed_records, tmp_path):
+    with pytest.raises(UserError, match="--balance='oversample'.*class_weights.*resample"):
+        pipeline.make_dataset(skewed_records, 16, lambda x: x, 4, True, balance="oversample")
+    with pytest.raises(UserError, match="resample needs the per-class training counts"):
+        pipeline.make_dataset(skewed_records, 16, lambda x: x, 4, True, balance="resample")
+    experiment = small_demo_config(str(tmp_path), balance="oversample")
+    with pytest.raises(UserError, match="--balance='oversample'"):
+        train_module.validate(experiment)
+
+
+def _short_run_config(tmp_path, demo_records, **overrides):
+    return small_demo_config(
+        str(tmp_path),
+        data_dir=demo_records,
+        prepare_if_missing="false",
+        image_size=32,
+        batch_size=8,
+        epochs_frozen=1,
+        epochs_finetune=1,
+        steps_per_epoch=2,
+        evaluate_after="false",
+        export_after="false",
+        **overrides,
+    )
+
+
+def test_class_weights_reach_the_training_batches(tmp_path, demo_records):
+    experiment = _short_run_config(tmp_path, demo_records, balance="class_weights")
+    stats = prepare.read_stats(demo_records)
+    num_classes = len(records.read_labels(demo_records))
+    # Pretend class 0 had a quarter of the images of the others.
+    for entry in stats["classes"]:
+        if entry["index"] == 0:
+            entry["train"] //= 4
+    counts = train_module.train_class_counts(stats, num_classes)
+    expected = pipeline.class_weights(counts)
+    train, val, _ = train_module._datasets(experiment, stats, num_classes)
+    images, labels, sample_weights = next(iter(train))
+    np.testing.assert_allclose(
+        sample_weights.numpy(), expected[np.argmax(labels.numpy(), axis=1)], rtol=1e-6
+    )
+    assert len(next(iter(val))) == 2, "validation is not weighted"
+
+
+def test_short_training_run_with_class_weights_and_mixup(tmp_path, demo_records):
+    from lmrec.train import train_and_evaluate
+
+    experiment = _short_run_config(
+        tmp_path, demo_records, balance="class_weights", mixing="mixup", label_smoothing=0.1
+    )
+    result = train_and_evaluate(experiment, verbose=False)
+    assert [row["phase"] for row in result.history] == ["frozen", "finetune"]
+    assert all(np.isfinite(row["loss"]) for row in result.history)

@@ -220,3 +220,30 @@ def test_real_messy_photos(vn_landmarks, tmp_path):
     assert stats["num_classes"] == 5
     assert stats["totals"]["kept"] >= 200  # 213 photos, all readable once WebP/PNG are detected
     assert all(c["train"] > 0 and c["val"] > 0 for c in stats["classes"])
+
+
+def test_large_jpegs_decode_at_reduced_scale_and_still_catch_truncation():
+    """Pillow's draft mode (DCT scaling) for photos >= 2x --max_image_side: same output size,
+    the original size still recorded, and a truncated file is still rejected."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from lmrec.data import images
+
+    gradient = np.linspace(0, 255, 2400)[None, :, None] * np.ones((1800, 1, 3))
+    out = io.BytesIO()
+    Image.fromarray(gradient.astype(np.uint8)).save(out, "JPEG", quality=90)
+    data = out.getvalue()
+    decoded = images.decode(data, "big.jpg", max_side=500)
+    assert decoded.image.size == (600, 450)  # decoded at 1/4 scale, still >= 500 on the long side
+    assert decoded.original_size == (2400, 1800)
+    converted = images.convert(data, "big.jpg", max_side=500)
+    assert (converted.width, converted.height) == (500, 375)
+    assert (converted.original_width, converted.original_height) == (2400, 1800)
+    full = np.asarray(images.fit_within(images.decode(data).image, 500), dtype=np.float32)
+    drafted = np.asarray(Image.open(io.BytesIO(converted.jpeg)), dtype=np.float32)
+    assert np.abs(full - drafted).mean() < 2.0  # same picture, not just the same size
+    with pytest.raises(images.BadImage, match="truncated"):
+        images.convert(data[: len(data) // 2], "cut.jpg", max_side=500)

@@ -1,34 +1,34 @@
-"""Sources -> validated, split, sharded TFRecords + labels.json + stats.json.
+"""Sources -> validated, split, sharded TFRecords + labels.json + stats.json + stats.png.
 
-The whole dataset folder is built under a temp name and renamed into place
-only when complete, so a killed prepare never leaves a half-written dataset
-that training would pick up; the next run removes the leftovers. Images are
-streamed (validated, converted, written one by one), so memory does not grow
-with the number of photos.
+prepare lists a source's candidates (paths and classes, never pixels), splits
+them per class, cuts the splits into shards (lmrec.data.shards) and has a
+runner write the shards: worker processes or an Apache Beam pipeline. Shards
+land in a work folder, so a killed prepare resumes; the dataset folder itself
+is built under a temp name and renamed into place only when complete, so
+training never picks up half a dataset. Images are streamed through the
+writers one by one, so memory does not grow with the photos' bytes.
 """
 
 from __future__ import annotations
 
 import collections
-import concurrent.futures
 import json
 import os
 import random
+import shutil
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from tqdm import tqdm
 
-from lmrec import atomic
+from lmrec import atomic, plots
 from lmrec.config import PrepareConfig
-from lmrec.data import images, records
+from lmrec.data import records, shards
 from lmrec.data.sources import Source, SourceItem, get_source
 from lmrec.errors import UserError
-
-_DECODE_THREADS = max(1, min(8, os.cpu_count() or 1))
 
 
 @dataclass(frozen=True)
@@ -88,29 +88,13 @@ def stratified_split(
     return split
 
 
-def _convert(item: SourceItem, max_side: int) -> tuple[SourceItem, tuple | str]:
-    """Reads and validates one image; returns (item, (jpeg, h, w)) or (item, reason)."""
-    try:
-        return item, images.to_jpeg(item.read(), item.image_id, max_side)
-    except images.BadImage as error:
-        return item, str(error)
-
-
-def _converted(items: list[SourceItem], max_side: int) -> Iterator[tuple[SourceItem, tuple | str]]:
-    """Converts in a thread pool (Pillow releases the GIL), in input order, a bounded window."""
-    window = 4 * _DECODE_THREADS
-    with concurrent.futures.ThreadPoolExecutor(_DECODE_THREADS) as pool:
-        pending: collections.deque = collections.deque()
-        for item in items:
-            pending.append(pool.submit(_convert, item, max_side))
-            if len(pending) >= window:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
-
-
 def prepare(config: PrepareConfig, verbose: bool = True) -> PrepareResult:
     """Validates, splits and shards a source into <output_dir>/<name>/.
+
+    Shards are written by --runner (worker processes, or Apache Beam) into a work
+    folder <output_dir>/.<name>.inprogress; a killed run resumes there (finished
+    shards are kept when the plan is unchanged, else it starts over). The dataset
+    folder appears, complete, only at the end.
 
     Args:
       config: what to read and where to write.
@@ -120,8 +104,8 @@ def prepare(config: PrepareConfig, verbose: bool = True) -> PrepareResult:
       The dataset folder and the stats written to its stats.json.
 
     Raises:
-      UserError: bad flags, a missing input folder, no usable images, or an
-        existing dataset without --overwrite.
+      UserError: bad flags, a missing input, no usable images, or an existing
+        dataset without --overwrite.
     """
     started = time.time()
     name = dataset_name(config)
@@ -133,128 +117,269 @@ def prepare(config: PrepareConfig, verbose: bool = True) -> PrepareResult:
         )
     for leftover in atomic.remove_stale_partials(config.output_dir, name):
         _log(verbose, f"Removed {leftover} left by an interrupted prepare.")
+    shards.check_runner(config.runner)
     if config.images_per_shard < 1:
         raise UserError(f"--images_per_shard must be >= 1, got {config.images_per_shard}")
 
     source = get_source(config)
-    candidates = list(source.items())
+    candidates = _candidates(source)
     split = stratified_split(candidates, config.val_fraction, config.seed)
-    with atomic.new_directory(data_dir, overwrite=config.overwrite) as tmp:
-        stats = _write(source, split, tmp, config, verbose)
-        if stats["totals"]["kept"] == 0:
-            raise UserError(
-                f"No usable images found by --source={config.source}"
-                + (f" in --input_dir={config.input_dir!r}" if config.input_dir else "")
-                + f"; {stats['totals']['skipped']} files skipped (first: "
-                + f"{stats['skipped'][:3]})"
-            )
-        stats["seconds"] = round(time.time() - started, 2)
-        labels = stats.pop("_labels")
-        atomic.write_json(os.path.join(tmp, records.LABELS_FILE), labels)
-        atomic.write_json(os.path.join(tmp, records.STATS_FILE), stats)
+    if source.streaming:  # shards follow the stream's order, so pass 2 fills them in turn
+        position = {item.image_id: index for index, item in enumerate(candidates)}
+        split = {
+            s: sorted(members, key=lambda i: position[i.image_id]) for s, members in split.items()
+        }
+    present = {item.class_name for item in candidates}
+    provisional = [c for c in source.class_names if c in present]
+    options = shards.WriteOptions(
+        directory=os.path.abspath(os.path.join(config.output_dir, f".{name}.inprogress")),
+        label_of={c: index for index, c in enumerate(provisional)},
+        landmark_ids=source.landmark_ids,
+        max_side=config.max_image_side,
+    )
+    specs = shards.plan(split, config.images_per_shard)
+    done = _open_work_dir(
+        options.directory, shards.fingerprint(specs, options, source.name), verbose
+    )
+    total = len(candidates)
+    progress = tqdm(
+        total=total,
+        initial=sum(len(s.items) for s in specs if s.name in done),
+        desc=f"prepare {source.name}",
+        unit="img",
+        disable=not verbose,
+    )
+    todo = [spec for spec in specs if spec.name not in done]
+    if source.streaming:
+        shards.write_streaming(specs, options, source.items(), set(done), progress.update)
+    elif config.runner == "beam":
+        runner = config.beam_options or "DirectRunner"
+        _log(verbose, f"Writing {len(todo)} shards with Apache Beam ({runner}).")
+        shards.run_beam(todo, options, config.beam_options)
+        progress.update(sum(len(spec.items) for spec in todo))
+    else:
+        shards.run_local(todo, options, config.num_workers, progress.update)
+    progress.close()
+    results = shards.finished_results(options.directory)
+    unfinished = [spec.name for spec in specs if spec.name not in results]
+    if unfinished:
+        raise UserError(f"Shards {unfinished[:5]} were not written; run prepare again to resume.")
+    stats = _finalize(data_dir, config, source, total, specs, results, provisional, options)
+    stats["seconds"] = round(time.time() - started, 2)
+    shutil.rmtree(options.directory, ignore_errors=True)
     _summarize(verbose, data_dir, stats)
     return PrepareResult(data_dir=data_dir, stats=stats)
 
 
-def _write(
-    source: Source,
-    split: dict[str, list[SourceItem]],
-    tmp: str,
-    config: PrepareConfig,
-    verbose: bool,
-) -> dict[str, Any]:
-    classes_with_items = {item.class_name for members in split.values() for item in members}
-    provisional = [c for c in source.class_names if c in classes_with_items]
-    label_of = {class_name: index for index, class_name in enumerate(provisional)}
-    counts = {c: {"train": 0, "val": 0, "skipped": 0} for c in source.class_names}
-    skipped: list[dict[str, str]] = [
-        {"file": path, "reason": reason} for path, reason in source.rejected
-    ]
-    moved_to_train: list[str] = []
-    writers = {s: records.ShardWriter(tmp, s, config.images_per_shard) for s in records.SPLITS}
-    total = sum(len(members) for members in split.values())
-    progress = tqdm(total=total, desc=f"prepare {source.name}", unit="img", disable=not verbose)
-    for split_name in records.SPLITS:
-        for item, outcome in _converted(split[split_name], config.max_image_side):
-            progress.update(1)
-            if isinstance(outcome, str):
-                counts[item.class_name]["skipped"] += 1
-                skipped.append({"file": item.image_id, "reason": outcome})
-                continue
-            target = split_name
-            if split_name == "val" and counts[item.class_name]["train"] == 0:
-                # Every training image of this class failed to decode: keep this one for training.
-                target = "train"
-                moved_to_train.append(item.image_id)
-            encoded, height, width = outcome
-            landmark_id = item.landmark_id or source.landmark_ids.get(item.class_name, "")
-            writers[target].write(
-                records.Record(
-                    image_id=item.image_id,
-                    label=label_of[item.class_name],
-                    encoded=encoded,
-                    height=height,
-                    width=width,
-                    landmark_id=landmark_id,
-                )
+def _candidates(source: Source) -> list[SourceItem]:
+    """Every item the source offers; for a streaming source, ids and classes only."""
+    if not source.streaming:
+        return list(source.items())
+    seen: set[str] = set()
+    candidates = []
+    for item in source.items():
+        if item.image_id in seen:
+            source.rejected.append((item.image_id, "duplicate image id (first one kept)"))
+            continue
+        seen.add(item.image_id)
+        candidates.append(SourceItem(item.image_id, item.class_name, landmark_id=item.landmark_id))
+    return candidates
+
+
+def _open_work_dir(directory: str, plan_fingerprint: str, verbose: bool) -> dict[str, Any]:
+    """Creates the work folder, or reopens a killed run's; returns its finished shards."""
+    plan_file = os.path.join(directory, "plan.json")
+    if os.path.isdir(directory):
+        try:
+            with open(plan_file, encoding="utf-8") as f:
+                same = json.load(f).get("fingerprint") == plan_fingerprint
+        except (OSError, ValueError):
+            same = False
+        if same:
+            done = shards.finished_results(directory)
+            _log(
+                verbose, f"Resuming the prepare killed earlier: {len(done)} shards already written."
             )
-            counts[item.class_name][target] += 1
-    progress.close()
-    shards = {s: writer.finish() for s, writer in writers.items()}
-    for s, names in shards.items():
-        if writers[s].count == 0:
-            for shard in names:
-                os.remove(os.path.join(tmp, shard))
-            shards[s] = []
-
-    kept_classes = [c for c in provisional if counts[c]["train"] > 0]
-    dropped = {c: "no images" for c in source.class_names if c not in classes_with_items}
-    dropped.update({c: "no image could be decoded" for c in provisional if c not in kept_classes})
-    if len(kept_classes) != len(provisional):
-        _relabel(tmp, shards, {label_of[c]: i for i, c in enumerate(kept_classes)})
-    final_label = {c: i for i, c in enumerate(kept_classes)}
-    labels = [
-        {"index": i, "name": c, "landmark_id": source.landmark_ids.get(c, "")}
-        for i, c in enumerate(kept_classes)
-    ]
-    return {
-        "source": source.name,
-        "input_dir": config.input_dir,
-        "seed": config.seed,
-        "val_fraction": config.val_fraction,
-        "max_image_side": config.max_image_side,
-        "num_classes": len(kept_classes),
-        "totals": {
-            "files_seen": total + len(source.rejected),
-            "kept": sum(writers[s].count for s in records.SPLITS),
-            "train": writers["train"].count,
-            "val": writers["val"].count,
-            "skipped": len(skipped),
-        },
-        "classes": [
-            {"index": final_label.get(c), "name": c, **counts[c]} for c in source.class_names
-        ],
-        "dropped_classes": dropped,
-        "moved_to_train": moved_to_train,
-        "shards": shards,
-        "skipped": skipped,
-        "_labels": labels,
-    }
+            return done
+        _log(verbose, f"Starting over: {directory} holds an interrupted run with another plan.")
+        shutil.rmtree(directory)
+    os.makedirs(directory)
+    atomic.write_json(plan_file, {"fingerprint": plan_fingerprint})
+    return {}
 
 
-def _relabel(directory: str, shards: dict[str, list[str]], mapping: dict[int, int]) -> None:
-    """Rewrites shards with contiguous labels after whole classes turned out unreadable."""
+def _finalize(
+    data_dir: str,
+    config: PrepareConfig,
+    source: Source,
+    total: int,
+    specs: list[shards.ShardSpec],
+    results: dict[str, dict[str, Any]],
+    provisional: list[str],
+    options: shards.WriteOptions,
+) -> dict[str, Any]:
+    """Builds the dataset folder from the finished shards, fixing labels where classes died.
+
+    A class whose every training image failed to decode gets one of its validation
+    images moved to train; a class with no decodable image at all is dropped and
+    the labels after it shift down, so labels stay contiguous.
+    """
+    merged = shards.merge_results(results[spec.name] for spec in specs)
+    train_counts = merged["kept"].get("train", {})
+    val_counts = dict(merged["kept"].get("val", {}))
+    rescued = {c for c in provisional if not train_counts.get(c) and val_counts.get(c)}
+    kept_classes = [c for c in provisional if train_counts.get(c) or c in rescued]
+    final_label = {c: index for index, c in enumerate(kept_classes)}
+    relabel = {options.label_of[c]: final_label[c] for c in kept_classes}
+    with atomic.new_directory(data_dir, overwrite=config.overwrite) as tmp:
+        shard_names, moved_to_train = _materialize(
+            options.directory, tmp, specs, results, relabel, {options.label_of[c] for c in rescued}
+        )
+        moved_to_train = [(image_id, provisional[old]) for image_id, old in moved_to_train]
+        for _, class_name in moved_to_train:
+            val_counts[class_name] -= 1
+            train_counts[class_name] = train_counts.get(class_name, 0) + 1
+        kept_total = sum(train_counts.values()) + sum(val_counts.values())
+        skipped = [{"file": path, "reason": reason} for path, reason in source.rejected]
+        skipped += merged["skipped"]
+        if kept_total == 0:
+            raise UserError(
+                f"No usable images found by --source={config.source}"
+                + (f" in --input_dir={config.input_dir!r}" if config.input_dir else "")
+                + f"; {len(skipped)} files skipped (first: {skipped[:3]})"
+            )
+        dropped = {c: "no images" for c in source.class_names if c not in provisional}
+        dropped.update(
+            {c: "no image could be decoded" for c in provisional if c not in final_label}
+        )
+        stats = {
+            "source": source.name,
+            "input_dir": config.input_dir,
+            "seed": config.seed,
+            "val_fraction": config.val_fraction,
+            "max_image_side": config.max_image_side,
+            "runner": config.runner,
+            "num_classes": len(kept_classes),
+            "totals": {
+                "files_seen": total + len(source.rejected),
+                "kept": kept_total,
+                "train": sum(train_counts.values()),
+                "val": sum(val_counts.values()),
+                "skipped": len(skipped),
+            },
+            "classes": [
+                {
+                    "index": final_label.get(c),
+                    "name": c,
+                    "landmark_id": source.landmark_ids.get(c, ""),
+                    "train": train_counts.get(c, 0),
+                    "val": val_counts.get(c, 0),
+                    "skipped": merged["skipped_per_class"].get(c, 0),
+                }
+                for c in source.class_names
+            ],
+            "dropped_classes": dropped,
+            "moved_to_train": [image_id for image_id, _ in moved_to_train],
+            "shards": shard_names,
+            "image_sizes": merged["sizes"],
+            "source_info": source.info,
+            "skipped": skipped,
+        }
+        labels = [
+            {"index": i, "name": c, "landmark_id": source.landmark_ids.get(c, "")}
+            for i, c in enumerate(kept_classes)
+        ]
+        plots.dataset_stats_png(stats, os.path.join(tmp, records.STATS_PLOT_FILE))
+        atomic.write_json(os.path.join(tmp, records.LABELS_FILE), labels)
+        atomic.write_json(os.path.join(tmp, records.STATS_FILE), stats)
+    return stats
+
+
+def _materialize(
+    work: str,
+    out: str,
+    specs: list[shards.ShardSpec],
+    results: dict[str, dict[str, Any]],
+    relabel: dict[int, int],
+    rescue: set[int],
+) -> tuple[dict[str, list[str]], list[tuple[str, int]]]:
+    """Puts the finished shards into the new dataset folder.
+
+    Shards are hard-linked (no copy) unless labels change; a split with no image
+    left gets no shards. Each rescued label moves its first validation image into
+    one extra training shard.
+
+    Returns:
+      ({split: shard names}, [(image id, old label) moved from val to train]).
+    """
+    identity = all(old == new for old, new in relabel.items())
+    names: dict[str, list[str]] = {}
+    diverted: list[bytes] = []
+    moved: list[tuple[str, int]] = []
+    for split_name in records.SPLITS:
+        split_specs = [spec for spec in specs if spec.split == split_name]
+        if not sum(results[spec.name]["kept"] for spec in split_specs):
+            continue
+        for spec in split_specs:
+            src, dst = os.path.join(work, spec.name), os.path.join(out, spec.name)
+            if identity and not (split_name == "val" and rescue):
+                _link_or_copy(src, dst)
+            else:
+                _rewrite(
+                    src, dst, relabel, rescue if split_name == "val" else set(), diverted, moved
+                )
+        names[split_name] = [spec.name for spec in split_specs]
+    if diverted:  # one more training shard; the others are renamed to the new count
+        train = names.get("train", [])
+        count = len(train) + 1
+        renamed = [records.shard_name("train", index, count) for index in range(count)]
+        for old, new in zip(train, renamed[:-1], strict=True):
+            os.rename(os.path.join(out, old), os.path.join(out, new))
+        _write_serialized(os.path.join(out, renamed[-1]), diverted)
+        names["train"] = renamed
+    return names, moved
+
+
+def _rewrite(
+    src: str,
+    dst: str,
+    relabel: dict[int, int],
+    rescue: set[int],
+    diverted: list[bytes],
+    moved: list[tuple[str, int]],
+) -> None:
+    """Copies a shard with new labels; diverts the first example of each rescued label."""
     import tensorflow as tf
 
-    for names in shards.values():
-        for shard in names:
-            path = os.path.join(directory, shard)
-            with atomic.replacing(path) as tmp, tf.io.TFRecordWriter(tmp) as writer:
-                for serialized in tf.data.TFRecordDataset(path).as_numpy_iterator():
-                    example = tf.train.Example.FromString(serialized)
-                    values = example.features.feature[records.LABEL].int64_list.value
-                    values[0] = mapping[values[0]]
-                    writer.write(example.SerializeToString())
+    kept = []
+    for serialized in tf.data.TFRecordDataset(src).as_numpy_iterator():
+        example = tf.train.Example.FromString(serialized)
+        values = example.features.feature[records.LABEL].int64_list.value
+        old = values[0]
+        values[0] = relabel[old]
+        if old in rescue and old not in {label for _, label in moved}:
+            image_id = example.features.feature[records.IMAGE_ID].bytes_list.value[0]
+            moved.append((image_id.decode("utf-8"), old))
+            diverted.append(example.SerializeToString())
+        else:
+            kept.append(example.SerializeToString())
+    _write_serialized(dst, kept)
+
+
+def _write_serialized(path: str, examples: list[bytes]) -> None:
+    import tensorflow as tf
+
+    with atomic.replacing(path) as tmp, tf.io.TFRecordWriter(tmp) as writer:
+        for serialized in examples:
+            writer.write(serialized)
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    """Hard link: the dataset folder shares the work folder's bytes until that is removed."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
 
 
 def _log(verbose: bool, message: str) -> None:

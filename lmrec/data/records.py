@@ -28,6 +28,7 @@ WIDTH = "image/width"
 SPLITS = ("train", "val")
 LABELS_FILE = "labels.json"
 STATS_FILE = "stats.json"
+STATS_PLOT_FILE = "stats.png"
 SHARD_SUFFIX = ".tfrecord"
 
 

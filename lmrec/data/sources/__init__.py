@@ -44,6 +44,14 @@ class Source:
     rejected: list[tuple[str, str]] = field(default_factory=list)
     # Optional source-specific ids per class name (e.g. GLDv2 landmark ids).
     landmark_ids: dict[str, str] = field(default_factory=dict)
+    # False: items are small and picklable (a path, or a functools.partial that makes the
+    # bytes), so prepare lists them all, splits them and hands shards to worker processes.
+    # True: items carry bytes read from a stream (TFDS, existing TFRecords); items() can be
+    # called again and yields the same items in the same order, so prepare reads it twice:
+    # once for ids and classes (the split), once to write, never holding every image.
+    streaming: bool = False
+    # What the source wants recorded in stats.json (e.g. GLDv2's selection and bad CSV rows).
+    info: dict = field(default_factory=dict)
 
 
 def _demo(config: PrepareConfig) -> Source:
@@ -58,9 +66,30 @@ def _folder(config: PrepareConfig) -> Source:
     return folders.source(config.input_dir)
 
 
+def _gldv2(config: PrepareConfig) -> Source:
+    from lmrec.data.sources import gldv2
+
+    return gldv2.source(config)
+
+
+def _tfds(config: PrepareConfig) -> Source:
+    from lmrec.data.sources import tfds_source
+
+    return tfds_source.source(config)
+
+
+def _tfrecords(config: PrepareConfig) -> Source:
+    from lmrec.data.sources import tfrecords_source
+
+    return tfrecords_source.source(config)
+
+
 SOURCES: dict[str, Callable[[PrepareConfig], Source]] = {
     "demo": _demo,
     "folder": _folder,
+    "gldv2": _gldv2,
+    "tfds": _tfds,
+    "tfrecords": _tfrecords,
 }
 
 

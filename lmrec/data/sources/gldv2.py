@@ -1,0 +1,270 @@
+"""Google Landmarks v2 (train set) as a prepare source, with the seeds' subset selections.
+
+    python -m lmrec.prepare --source=gldv2 --gldv2_dir=~/gldv2 --gldv2_csv=train_clean \
+        --min_images_per_class=250 --num_classes=100 --max_images_per_class=600
+
+gldv2_dir holds what scripts/download_gldv2.py fetches:
+  train.csv                    id,url,landmark_id                 (4.1M rows)
+  train_clean.csv              landmark_id,images (space-separated ids)
+  train_label_to_category.csv  landmark_id,category (a Wikimedia Commons category URL)
+  train/a/b/c/abc....jpg       the images, by the first three characters of their id
+
+Selection happens on the CSV (the dataset's definition, so a subset is the same
+whatever was downloaded): explicit --classes or every landmark, then
+--min_images_per_class, then --num_classes (most populous or a seeded sample),
+then --max_images_per_class (a seeded sample per class). Images of the subset
+that are not on disk, and malformed CSV rows, are reported (stats.json) and
+skipped, never fatal. Class names come from the category URLs ("Eiffel_Tower");
+labels.json keeps the landmark id beside each name.
+"""
+
+from __future__ import annotations
+
+import collections
+import csv
+import os
+import random
+import re
+import urllib.parse
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from lmrec.config import PrepareConfig
+from lmrec.data.sources import Source, SourceItem
+from lmrec.errors import UserError
+
+CSV_FILES = {"train": "train.csv", "train_clean": "train_clean.csv"}
+CATEGORY_FILE = "train_label_to_category.csv"
+CLASS_SELECTIONS = ("most", "random")
+_ID = re.compile(r"^[0-9a-zA-Z]{3,64}$")  # ids become paths: nothing else is allowed
+_LISTED_MALFORMED = 1000  # malformed rows listed in stats.json; all are counted
+
+
+def image_path(gldv2_dir: str, image_id: str) -> str:
+    """Where GLDv2 keeps an image: train/a/b/c/abc....jpg."""
+    return os.path.join(
+        gldv2_dir, "train", image_id[0], image_id[1], image_id[2], f"{image_id}.jpg"
+    )
+
+
+@dataclass
+class Selection:
+    """The chosen subset: image ids per landmark id, and what was read to choose it."""
+
+    images: dict[str, list[str]]  # landmark id -> image ids, in a stable order
+    malformed: list[tuple[str, str]] = field(default_factory=list)  # (file:line, reason)
+    malformed_count: int = 0
+    info: dict = field(default_factory=dict)
+
+
+def selected_image_ids(config: PrepareConfig) -> set[str]:
+    """Every image id of the subset the selection flags choose (for the downloader)."""
+    return {i for ids in select(config).images.values() for i in ids}
+
+
+def select(config: PrepareConfig) -> Selection:
+    """Reads the chosen CSV twice (counts, then ids) and applies the selection flags.
+
+    Raises:
+      UserError: a missing folder or CSV, bad selection flags, or nothing selected.
+    """
+    path = _csv_path(config)
+    _check_flags(config)
+    counts: collections.Counter[str] = collections.Counter()
+    malformed: list[tuple[str, str]] = []
+    rows = 0
+    for _, _, landmark_id in _rows(path, config.gldv2_csv, malformed):
+        counts[landmark_id] += 1
+        rows += 1
+    chosen = _choose_classes(counts, config)
+    wanted = set(chosen)
+    images: dict[str, list[str]] = {landmark: [] for landmark in chosen}
+    seen: set[str] = set()
+    for _, image_id, landmark_id in _rows(path, config.gldv2_csv, None):
+        if landmark_id in wanted and image_id not in seen:
+            seen.add(image_id)
+            images[landmark_id].append(image_id)
+    rng = random.Random(config.seed)
+    if config.max_images_per_class > 0:
+        for landmark, ids in images.items():
+            if len(ids) > config.max_images_per_class:
+                images[landmark] = sorted(rng.sample(sorted(ids), config.max_images_per_class))
+    info = {
+        "csv": os.path.basename(path),
+        "csv_images": rows,
+        "csv_landmarks": len(counts),
+        "malformed_rows": len(malformed),
+        "selection": {
+            "classes": config.classes,
+            "min_images_per_class": config.min_images_per_class,
+            "max_images_per_class": config.max_images_per_class,
+            "num_classes": config.num_classes,
+            "class_selection": config.class_selection,
+            "seed": config.seed,
+        },
+        "selected_classes": len(images),
+        "selected_images": sum(len(ids) for ids in images.values()),
+    }
+    return Selection(
+        images=images,
+        malformed=malformed[:_LISTED_MALFORMED],
+        malformed_count=len(malformed),
+        info=info,
+    )
+
+
+def source(config: PrepareConfig) -> Source:
+    """Opens the selected GLDv2 subset as a prepare source (images must be on disk)."""
+    selection = select(config)
+    names = category_names(config.gldv2_dir)
+    landmarks = sorted(selection.images, key=_landmark_sort_key)
+    class_of = _unique_class_names(landmarks, names)
+    rejected = list(selection.malformed)
+    found: list[SourceItem] = []
+    missing = 0
+    for landmark in landmarks:
+        for image_id in selection.images[landmark]:
+            path = image_path(config.gldv2_dir, image_id)
+            relative = os.path.relpath(path, config.gldv2_dir)
+            if os.path.isfile(path):
+                found.append(
+                    SourceItem(image_id=image_id, class_name=class_of[landmark], path=path)
+                )
+            else:
+                missing += 1
+                rejected.append((relative, "missing (not downloaded or not extracted)"))
+    info = dict(selection.info)
+    info["missing_images"] = missing
+    info["names_missing"] = sum(1 for landmark in landmarks if landmark not in names)
+    if selection.malformed_count > len(selection.malformed):
+        info["malformed_rows_not_listed"] = selection.malformed_count - len(selection.malformed)
+
+    def items() -> Iterator[SourceItem]:
+        yield from found
+
+    return Source(
+        name="gldv2",
+        class_names=[class_of[landmark] for landmark in landmarks],
+        items=items,
+        rejected=rejected,
+        landmark_ids={class_of[landmark]: landmark for landmark in landmarks},
+        info=info,
+    )
+
+
+def category_names(gldv2_dir: str) -> dict[str, str]:
+    """landmark id -> name from train_label_to_category.csv ({} when the file is absent)."""
+    path = os.path.join(gldv2_dir, CATEGORY_FILE)
+    if not os.path.isfile(path):
+        return {}
+    names = {}
+    with open(path, encoding="utf-8", newline="") as f:
+        for row in csv.reader(f):
+            if len(row) != 2 or not row[0].strip().isdigit():
+                continue  # the header, or a broken row: that landmark keeps its id as name
+            names[row[0].strip()] = name_from_category(row[1])
+    return names
+
+
+def name_from_category(category: str) -> str:
+    """'http://commons.wikimedia.org/wiki/Category:Eiffel_Tower' -> 'Eiffel_Tower'."""
+    tail = category.strip().rsplit("Category:", 1)[-1].rsplit("/", 1)[-1]
+    return urllib.parse.unquote(tail).strip()
+
+
+def _unique_class_names(landmarks: list[str], names: dict[str, str]) -> dict[str, str]:
+    """Names for the chosen landmarks; a missing or shared name gets the landmark id."""
+    base = {landmark: names.get(landmark) or f"landmark_{landmark}" for landmark in landmarks}
+    shared = collections.Counter(base.values())
+    return {
+        landmark: name if shared[name] == 1 else f"{name} ({landmark})"
+        for landmark, name in base.items()
+    }
+
+
+def _csv_path(config: PrepareConfig) -> str:
+    if not config.gldv2_dir:
+        raise UserError("--gldv2_dir is required for --source=gldv2 (the folder with train.csv)")
+    if config.gldv2_csv not in CSV_FILES:
+        raise UserError(f"Unknown --gldv2_csv={config.gldv2_csv!r}; valid: {', '.join(CSV_FILES)}")
+    path = os.path.join(config.gldv2_dir, CSV_FILES[config.gldv2_csv])
+    if not os.path.isfile(path):
+        raise UserError(
+            f"{path} is missing. Fetch it with scripts/download_gldv2.py --gldv2_dir="
+            f"{config.gldv2_dir}, or from {config.gldv2_url}/metadata/{CSV_FILES[config.gldv2_csv]}"
+        )
+    return path
+
+
+def _check_flags(config: PrepareConfig) -> None:
+    for flag in ("min_images_per_class", "max_images_per_class", "num_classes"):
+        if getattr(config, flag) < 0:
+            raise UserError(f"--{flag} must be >= 0, got {getattr(config, flag)}")
+    if config.class_selection not in CLASS_SELECTIONS:
+        raise UserError(
+            f"Unknown --class_selection={config.class_selection!r}; valid: "
+            f"{', '.join(CLASS_SELECTIONS)}"
+        )
+
+
+def _rows(path: str, kind: str, malformed: list | None) -> Iterator[tuple[str, str, str]]:
+    """Yields (file:line, image id, landmark id); bad rows go to `malformed` (when given)."""
+    name = os.path.basename(path)
+    with open(path, encoding="utf-8", newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        expected = ["id", "url", "landmark_id"] if kind == "train" else ["landmark_id", "images"]
+        if header is None or [h.strip() for h in header] != expected:
+            raise UserError(
+                f"{path}: expected the header {','.join(expected)} of GLDv2's {name}, got "
+                f"{header!r}; is --gldv2_csv={kind} the right list?"
+            )
+        for row in reader:
+            where = f"{name}:{reader.line_num}"
+            if kind == "train":
+                ok = len(row) == 3 and _ID.match(row[0]) and row[2].strip().isdigit()
+                if ok:
+                    yield where, row[0], row[2].strip()
+                    continue
+            else:
+                ids = row[1].split() if len(row) == 2 else []
+                ok = len(row) == 2 and row[0].strip().isdigit() and ids
+                ok = ok and all(_ID.match(i) for i in ids)
+                if ok:
+                    for image_id in ids:
+                        yield where, image_id, row[0].strip()
+                    continue
+            if malformed is not None:
+                malformed.append((where, f"malformed CSV row: {','.join(row)[:120]!r}"))
+
+
+def _choose_classes(counts: collections.Counter, config: PrepareConfig) -> list[str]:
+    if config.classes:
+        requested = [c.strip() for c in config.classes.split(",") if c.strip()]
+        unknown = [c for c in requested if c not in counts]
+        if unknown:
+            raise UserError(
+                f"--classes names landmark ids not in the CSV: {unknown[:10]}"
+                + (f" and {len(unknown) - 10} more" if len(unknown) > 10 else "")
+            )
+        eligible = sorted(set(requested), key=_landmark_sort_key)
+    else:
+        eligible = sorted(counts, key=_landmark_sort_key)
+    eligible = [c for c in eligible if counts[c] >= config.min_images_per_class]
+    if config.num_classes and not config.classes and len(eligible) > config.num_classes:
+        if config.class_selection == "most":
+            eligible = sorted(eligible, key=lambda c: (-counts[c], _landmark_sort_key(c)))
+            eligible = eligible[: config.num_classes]
+        else:
+            eligible = random.Random(config.seed).sample(eligible, config.num_classes)
+    if not eligible:
+        raise UserError(
+            f"No landmark passes the selection (--min_images_per_class="
+            f"{config.min_images_per_class}, --classes={config.classes!r}); the largest class "
+            f"in the CSV has {max(counts.values(), default=0)} images"
+        )
+    return sorted(eligible, key=_landmark_sort_key)
+
+
+def _landmark_sort_key(landmark_id: str) -> tuple[int, str]:
+    return (int(landmark_id), landmark_id) if landmark_id.isdigit() else (1 << 62, landmark_id)
