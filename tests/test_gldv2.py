@@ -118,6 +118,8 @@ def _examples(data_dir: str) -> dict[str, tuple[str, int, bytes]]:
 def test_selections_count_exactly(fake_gldv2, tmp_path, flags, expected):
     selection = gldv2.select(_config(fake_gldv2, tmp_path, **flags))
     assert {k: len(v) for k, v in selection.images.items()} == expected
+    funnel = selection.info["classes_after_each_filter"]
+    assert funnel["in_csv"] == 6 and list(funnel.values())[-1] == len(expected)
     if flags.get("max_images_per_class"):
         again = gldv2.select(_config(fake_gldv2, tmp_path, **flags))
         other = gldv2.select(_config(fake_gldv2, tmp_path, seed=6, **flags))
@@ -184,6 +186,10 @@ def test_prepare_names_counts_and_bad_files(fake_gldv2, tmp_path):
     train_labels = {label for split, label, _ in examples.values() if split == "train"}
     assert train_labels == set(range(len(labels)))
     assert stats["source_info"]["missing_images"] == 1
+    assert stats["source_info"]["classes_after_each_filter"] == {
+        "in_csv": 6,
+        "min_images_per_class": 6,
+    }
     assert (
         stats["image_sizes"]
         and os.path.getsize(os.path.join(result.data_dir, "stats.png")) > 10_000

@@ -76,7 +76,8 @@ def select(config: PrepareConfig) -> Selection:
     for _, _, landmark_id in _rows(path, config.gldv2_csv, malformed):
         counts[landmark_id] += 1
         rows += 1
-    chosen = _choose_classes(counts, config)
+    funnel: dict[str, int] = {}
+    chosen = _choose_classes(counts, config, funnel)
     wanted = set(chosen)
     images: dict[str, list[str]] = {landmark: [] for landmark in chosen}
     seen: set[str] = set()
@@ -102,6 +103,7 @@ def select(config: PrepareConfig) -> Selection:
             "class_selection": config.class_selection,
             "seed": config.seed,
         },
+        "classes_after_each_filter": funnel,
         "selected_classes": len(images),
         "selected_images": sum(len(ids) for ids in images.values()),
     }
@@ -238,7 +240,11 @@ def _rows(path: str, kind: str, malformed: list | None) -> Iterator[tuple[str, s
                 malformed.append((where, f"malformed CSV row: {','.join(row)[:120]!r}"))
 
 
-def _choose_classes(counts: collections.Counter, config: PrepareConfig) -> list[str]:
+def _choose_classes(
+    counts: collections.Counter, config: PrepareConfig, funnel: dict[str, int]
+) -> list[str]:
+    """Applies the class filters in order; funnel records how many classes pass each."""
+    funnel["in_csv"] = len(counts)
     if config.classes:
         requested = [c.strip() for c in config.classes.split(",") if c.strip()]
         unknown = [c for c in requested if c not in counts]
@@ -248,15 +254,18 @@ def _choose_classes(counts: collections.Counter, config: PrepareConfig) -> list[
                 + (f" and {len(unknown) - 10} more" if len(unknown) > 10 else "")
             )
         eligible = sorted(set(requested), key=_landmark_sort_key)
+        funnel["classes"] = len(eligible)
     else:
         eligible = sorted(counts, key=_landmark_sort_key)
     eligible = [c for c in eligible if counts[c] >= config.min_images_per_class]
+    funnel["min_images_per_class"] = len(eligible)
     if config.num_classes and not config.classes and len(eligible) > config.num_classes:
         if config.class_selection == "most":
             eligible = sorted(eligible, key=lambda c: (-counts[c], _landmark_sort_key(c)))
             eligible = eligible[: config.num_classes]
         else:
             eligible = random.Random(config.seed).sample(eligible, config.num_classes)
+        funnel["num_classes"] = len(eligible)
     if not eligible:
         raise UserError(
             f"No landmark passes the selection (--min_images_per_class="
