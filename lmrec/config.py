@@ -74,6 +74,7 @@ class ModelConfig:
     head: str = "gap_dense512"
     dense_units: int = 512
     dropout: float = 0.3
+    bilinear_dim: int = 8192  # Tensor Sketch dimension of the bilinear heads
 
 
 @dataclasses.dataclass(frozen=True)

@@ -138,9 +138,19 @@ FLAG_TABLE: tuple[tuple[type, str, str], ...] = (
         "weights",
         "imagenet (Keras download) | none (random init) | path to a Keras weights file.",
     ),
-    (ModelConfig, "head", "Classification head: gap_dense512."),
+    (
+        ModelConfig,
+        "head",
+        "Classification head: gap_dense512 | bilinear | gem | spatial_attention | "
+        "self_attention | bilinear_self_attention.",
+    ),
     (ModelConfig, "dense_units", "Width of the head's hidden Dense layer."),
     (ModelConfig, "dropout", "Dropout rate before the softmax layer."),
+    (
+        ModelConfig,
+        "bilinear_dim",
+        "Output dimension of compact bilinear pooling (Tensor Sketch) in the bilinear heads.",
+    ),
     # training
     (TrainConfig, "model_dir", "Run folder: flags, labels, checkpoints, history, logs, report."),
     (TrainConfig, "epochs_frozen", "Phase 1 epochs: head only, backbone frozen."),

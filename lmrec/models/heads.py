@@ -1,7 +1,8 @@
 """HEADS: what sits on the backbone's feature map and produces class probabilities.
 
 Each builder returns a model named "head" from the feature map to softmax
-probabilities, so the classifier is always backbone + head. The final softmax
+probabilities, so the classifier is always backbone + head. The pooling and
+attention layers they use live in lmrec.models.pooling. The final softmax
 runs in float32 whatever the compute dtype, for a numerically sound loss.
 """
 
@@ -13,6 +14,28 @@ import keras
 
 from lmrec.config import ModelConfig
 from lmrec.errors import UserError
+from lmrec.models import pooling
+
+
+def _dense_softmax(features, x, num_classes: int, config: ModelConfig) -> keras.Model:
+    """Pooled features -> Dense(dense_units, relu) -> Dropout -> Dense(num_classes, softmax)."""
+    x = keras.layers.Dense(config.dense_units, activation="relu", name="dense")(x)
+    return _softmax(features, x, num_classes, config)
+
+
+def _softmax(features, x, num_classes: int, config: ModelConfig) -> keras.Model:
+    """Pooled features -> Dropout -> Dense(num_classes, softmax in float32)."""
+    x = keras.layers.Dropout(config.dropout, name="dropout")(x)
+    outputs = keras.layers.Dense(
+        num_classes, activation="softmax", dtype="float32", name="probabilities"
+    )(x)
+    return keras.Model(features, outputs, name="head")
+
+
+def _bilinear_pooling(config: ModelConfig) -> pooling.CompactBilinearPooling:
+    if config.bilinear_dim < 1:
+        raise UserError(f"--bilinear_dim must be positive, got {config.bilinear_dim}")
+    return pooling.CompactBilinearPooling(config.bilinear_dim, name="compact_bilinear")
 
 
 def _gap_dense512(feature_shape: tuple, num_classes: int, config: ModelConfig) -> keras.Model:
@@ -23,16 +46,65 @@ def _gap_dense512(feature_shape: tuple, num_classes: int, config: ModelConfig) -
     """
     features = keras.Input(feature_shape, name="features")
     x = keras.layers.GlobalAveragePooling2D(name="gap")(features)
-    x = keras.layers.Dense(config.dense_units, activation="relu", name="dense")(x)
-    x = keras.layers.Dropout(config.dropout, name="dropout")(x)
-    outputs = keras.layers.Dense(
-        num_classes, activation="softmax", dtype="float32", name="probabilities"
-    )(x)
-    return keras.Model(features, outputs, name="head")
+    return _dense_softmax(features, x, num_classes, config)
+
+
+def _bilinear(feature_shape: tuple, num_classes: int, config: ModelConfig) -> keras.Model:
+    """Compact bilinear pooling (bilinear_dim) -> Dropout -> Dense(num_classes, softmax).
+
+    Second-order statistics (which channels fire together) instead of the mean;
+    the sketch is already signed-square-rooted and L2-normalized, so no hidden
+    Dense layer follows.
+    """
+    features = keras.Input(feature_shape, name="features")
+    x = _bilinear_pooling(config)(features)
+    return _softmax(features, x, num_classes, config)
+
+
+def _gem(feature_shape: tuple, num_classes: int, config: ModelConfig) -> keras.Model:
+    """GeM pooling (trainable p, starts at 3) -> Dense -> Dropout -> softmax."""
+    features = keras.Input(feature_shape, name="features")
+    x = pooling.GeneralizedMeanPooling(name="gem")(features)
+    return _dense_softmax(features, x, num_classes, config)
+
+
+def _spatial_attention(feature_shape: tuple, num_classes: int, config: ModelConfig) -> keras.Model:
+    """Parameter-free spatial attention -> GlobalAveragePooling -> Dense -> Dropout -> softmax."""
+    features = keras.Input(feature_shape, name="features")
+    x = pooling.SpatialAttention(name="spatial_attention")(features)
+    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    return _dense_softmax(features, x, num_classes, config)
+
+
+def _self_attention(feature_shape: tuple, num_classes: int, config: ModelConfig) -> keras.Model:
+    """SAGAN self-attention (γ starts at 0) -> GAP -> Dense -> Dropout -> softmax."""
+    features = keras.Input(feature_shape, name="features")
+    x = pooling.SelfAttention2D(name="self_attention")(features)
+    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    return _dense_softmax(features, x, num_classes, config)
+
+
+def _bilinear_self_attention(
+    feature_shape: tuple, num_classes: int, config: ModelConfig
+) -> keras.Model:
+    """SAGAN self-attention -> compact bilinear pooling -> Dropout -> softmax.
+
+    The seed project's best combination: non-local context first, then
+    second-order pooling of the attended map.
+    """
+    features = keras.Input(feature_shape, name="features")
+    x = pooling.SelfAttention2D(name="self_attention")(features)
+    x = _bilinear_pooling(config)(x)
+    return _softmax(features, x, num_classes, config)
 
 
 HEADS: dict[str, Callable[[tuple, int, ModelConfig], keras.Model]] = {
     "gap_dense512": _gap_dense512,
+    "bilinear": _bilinear,
+    "gem": _gem,
+    "spatial_attention": _spatial_attention,
+    "self_attention": _self_attention,
+    "bilinear_self_attention": _bilinear_self_attention,
 }
 
 
