@@ -92,6 +92,7 @@ class TrainConfig:
     ema_momentum: float = 0.0  # > 0: validate, checkpoint and export an EMA of the weights
     select_epoch: str = "best"  # best (val accuracy) | last: the epoch evaluated and exported
     unfreeze_from: str = ""  # "" unfreezes the whole backbone in phase 2.
+    freeze_layers: int = 0  # the first N backbone layers stay frozen in phase 2 (seed: 85)
     strategy: str = "auto"
     steps_per_epoch: int = 0  # 0: one pass over the training shards.
     label_smoothing: float = 0.1

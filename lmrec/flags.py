@@ -171,6 +171,13 @@ FLAG_TABLE: tuple[tuple[type, str, str], ...] = (
     ),
     (
         TrainConfig,
+        "freeze_layers",
+        "Phase 2 keeps the backbone's first N layers (backbone.layers[:N], as in Keras' "
+        "fine-tuning guide; the seed froze Xception's first 85) frozen; 0: none. With "
+        "--unfreeze_from, the later of the two starting points wins.",
+    ),
+    (
+        TrainConfig,
         "strategy",
         "tf.distribute strategy: auto (mirrored over GPUs if any, else default) | default | "
         "mirrored.",

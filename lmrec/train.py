@@ -275,6 +275,7 @@ def _prepare_phase(model, phase: str, learning_rate: float, steps: int, config) 
             model,
             config.train.unfreeze_from,
             keep_batchnorm_frozen=backbones.uses_pretrained_weights(config.model.weights),
+            freeze_layers=config.train.freeze_layers,
         )
     num_classes = model.output.shape[-1]
     model.compile(

@@ -165,6 +165,23 @@ def test_freezing_phases_and_unfreeze_from_a_named_block():
         freezing.unfreeze_backbone(model, "block9")
 
 
+def test_freeze_layers_keeps_the_first_n_layers_frozen_in_phase_2():
+    config = ModelConfig(backbone="baseline", weights="none", dense_units=16)
+    model = classifier.build_classifier(config, num_classes=4, image_size=64)
+    layers = model.backbone.layers
+    n = next(i for i, layer in enumerate(layers) if layer.name == "block3_conv1")
+    freezing.unfreeze_backbone(model, "", keep_batchnorm_frozen=False, freeze_layers=n)
+    assert not any(layer.trainable for layer in layers[:n] if layer.weights)
+    assert all(layer.trainable for layer in layers[n:] if layer.weights)
+    # With --unfreeze_from too, the later starting point wins.
+    freezing.unfreeze_backbone(model, "block2", keep_batchnorm_frozen=False, freeze_layers=n)
+    assert not layers[n - 1].trainable and layers[n].trainable
+    freezing.unfreeze_backbone(model, "block4", keep_batchnorm_frozen=False, freeze_layers=n)
+    assert not layers[n].trainable
+    with pytest.raises(UserError, match=f"--freeze_layers={len(layers)}.*has {len(layers)} layers"):
+        freezing.unfreeze_backbone(model, "", freeze_layers=len(layers))
+
+
 def test_scratch_backbones_get_batchnorm_momentum_that_short_runs_can_follow(monkeypatch, tmp_path):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))  # the Lite weights cache goes there
     scratch = backbones.build_backbone("efficientnet_lite0", 64, "none")

@@ -43,7 +43,9 @@ def freeze_backbone(model) -> None:
     model.head.trainable = True
 
 
-def unfreeze_backbone(model, from_layer: str = "", keep_batchnorm_frozen: bool = True) -> int:
+def unfreeze_backbone(
+    model, from_layer: str = "", keep_batchnorm_frozen: bool = True, freeze_layers: int = 0
+) -> int:
     """Phase 2: unfreezes the backbone from `from_layer` to the top.
 
     Args:
@@ -51,16 +53,24 @@ def unfreeze_backbone(model, from_layer: str = "", keep_batchnorm_frozen: bool =
       from_layer: a layer name, or a prefix such as "block13" matching its first
         layer; "" unfreezes every layer.
       keep_batchnorm_frozen: keep BatchNormalization layers frozen.
+      freeze_layers: backbone.layers[:freeze_layers] stay frozen; with from_layer,
+        the later starting point wins.
 
     Returns:
       How many backbone layers are trainable afterwards.
 
     Raises:
-      UserError: from_layer names no layer of the backbone.
+      UserError: from_layer names no layer of the backbone, or freeze_layers is
+        negative or not below the number of layers.
     """
     backbone = model.backbone
     layers = backbone.layers
-    start = 0
+    if not 0 <= freeze_layers < len(layers):
+        raise UserError(
+            f"--freeze_layers={freeze_layers} must be in [0, {len(layers)}): "
+            f"{backbone.name} has {len(layers)} layers"
+        )
+    start = freeze_layers
     if from_layer:
         matches = [i for i, layer in enumerate(layers) if layer.name == from_layer]
         matches = matches or [
@@ -71,7 +81,7 @@ def unfreeze_backbone(model, from_layer: str = "", keep_batchnorm_frozen: bool =
                 f"--unfreeze_from={from_layer!r} matches no layer of {backbone.name}; "
                 f"some layer names: {_name_sample(layers)}"
             )
-        start = matches[0]
+        start = max(start, matches[0])
     backbone.trainable = True
     trainable = 0
     for index, layer in enumerate(layers):
