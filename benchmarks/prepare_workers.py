@@ -179,7 +179,7 @@ def main() -> int:
             "benchmark": "prepare_workers",
             "date": datetime.date.today().isoformat(),
             "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
-            "settings": vars(args),
+            "settings": {k: v for k, v in vars(args).items() if k != "output"},
             "rows": rows,
             "speedup_2_vs_1": speedup,
             "parent_memory_2x_vs_1x": memory_growth,

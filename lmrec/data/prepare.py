@@ -164,8 +164,9 @@ def prepare(config: PrepareConfig, verbose: bool = True) -> PrepareResult:
     unfinished = [spec.name for spec in specs if spec.name not in results]
     if unfinished:
         raise UserError(f"Shards {unfinished[:5]} were not written; run prepare again to resume.")
-    stats = _finalize(data_dir, config, source, total, specs, results, provisional, options)
-    stats["seconds"] = round(time.time() - started, 2)
+    stats = _finalize(
+        data_dir, config, source, total, specs, results, provisional, options, started
+    )
     shutil.rmtree(options.directory, ignore_errors=True)
     _summarize(verbose, data_dir, stats)
     return PrepareResult(data_dir=data_dir, stats=stats)
@@ -217,6 +218,7 @@ def _finalize(
     results: dict[str, dict[str, Any]],
     provisional: list[str],
     options: shards.WriteOptions,
+    started: float,
 ) -> dict[str, Any]:
     """Builds the dataset folder from the finished shards, fixing labels where classes died.
 
@@ -289,6 +291,7 @@ def _finalize(
             {"index": i, "name": c, "landmark_id": source.landmark_ids.get(c, "")}
             for i, c in enumerate(kept_classes)
         ]
+        stats["seconds"] = round(time.time() - started, 2)
         plots.dataset_stats_png(stats, os.path.join(tmp, records.STATS_PLOT_FILE))
         atomic.write_json(os.path.join(tmp, records.LABELS_FILE), labels)
         atomic.write_json(os.path.join(tmp, records.STATS_FILE), stats)
