@@ -46,11 +46,11 @@ from tqdm import tqdm
 
 from lmrec import atomic
 from lmrec.config import PrepareConfig
+from lmrec.data.sources import gldv2
 from lmrec.errors import UserError
 
 NUM_TARS = 500
-LABEL_CSV = "train_label_to_category"
-CSV_CHOICES = ("train", "train_clean")
+LABEL_CSV = os.path.splitext(gldv2.CATEGORY_FILE)[0]  # the CSV names live in the source
 TARS_FOLDER = "tars"
 IMAGES_FOLDER = "train"
 PART_SUFFIX = ".part"
@@ -133,7 +133,7 @@ class GLDv2Summary:
         fetched = self.download
         lines = [
             f"files fetched: {len(fetched.fetched)}, already complete (skipped): "
-            f"{len(fetched.skipped)}, downloaded: {_human_bytes(fetched.bytes_downloaded)}",
+            f"{len(fetched.skipped)}, downloaded: {_sizeof(fetched.bytes_downloaded)}",
             f"tars chosen: {self.tars_chosen}, already extracted by an earlier run: "
             f"{self.tars_done_before}, deleted after extraction: {self.tars_deleted}",
             f"images extracted: {self.images.extracted}, already on disk: {self.images.present}, "
@@ -297,7 +297,7 @@ def fetch(
             break
         if received == 0 or attempts_left <= 0:
             raise UserError(
-                f"Downloading {remote.url} broke off after {_human_bytes(digest.size)}; what "
+                f"Downloading {remote.url} broke off after {_sizeof(digest.size)}; what "
                 f"arrived is kept in {part} and a rerun resumes from there (or fetch that URL "
                 f"by hand and save it as {path})"
             )
@@ -413,8 +413,6 @@ def image_path(gldv2_dir: str, image_id: str) -> str:
     """Where an image lives: <gldv2_dir>/train/a/b/c/<id>.jpg."""
     if not _IMAGE_ID.fullmatch(image_id):
         raise ValueError(f"Not a GLDv2 image id (16 lowercase hex characters): {image_id!r}")
-    from lmrec.data.sources import gldv2
-
     return gldv2.image_path(gldv2_dir, image_id)
 
 
@@ -487,15 +485,13 @@ def download_gldv2(
     """
     if not config.gldv2_dir:
         raise UserError("--gldv2_dir is required: the folder to download Google Landmarks v2 into")
-    if config.gldv2_csv not in CSV_CHOICES:
-        raise UserError(f"--gldv2_csv={config.gldv2_csv!r}; valid: {', '.join(CSV_CHOICES)}")
+    if config.gldv2_csv not in gldv2.CSV_FILES:
+        raise UserError(f"--gldv2_csv={config.gldv2_csv!r}; valid: {', '.join(gldv2.CSV_FILES)}")
     tars = parse_tar_list(config.gldv2_tars)
     os.makedirs(config.gldv2_dir, exist_ok=True)
 
     csvs = official_files(config.gldv2_url, [], [config.gldv2_csv, LABEL_CSV])
     csv_summary = download(csvs, config.gldv2_dir, config.download_jobs, verbose=verbose)
-
-    from lmrec.data.sources import gldv2  # reads the CSVs just fetched
 
     selected = gldv2.selected_image_ids(config)
     wanted = None if selected is None else set(selected)
@@ -708,7 +704,7 @@ def _offline_error(url: str, path: str, error: BaseException, kept_bytes: int) -
         why = f"{type(reason).__name__}: {reason}"
         hint = "this machine may be offline, or the server unreachable"
     kept = (
-        f" (the {_human_bytes(kept_bytes)} received so far are kept in {path}{PART_SUFFIX})"
+        f" (the {_sizeof(kept_bytes)} received so far are kept in {path}{PART_SUFFIX})"
         if kept_bytes
         else ""
     )
@@ -790,10 +786,5 @@ def _marker_matches(gldv2_dir: str, remote: RemoteFile, selection: str) -> bool:
     return isinstance(marker, dict) and marker.get("selection") == selection
 
 
-def _human_bytes(count: int) -> str:
-    size = float(count)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} TiB"
+def _sizeof(count: int) -> str:
+    return tqdm.format_sizeof(count, "B", 1024)

@@ -355,12 +355,14 @@ def _rewrite(
     import tensorflow as tf
 
     kept = []
+    already_moved = {label for _, label in moved}
     for serialized in tf.data.TFRecordDataset(src).as_numpy_iterator():
         example = tf.train.Example.FromString(serialized)
         values = example.features.feature[records.LABEL].int64_list.value
         old = values[0]
         values[0] = relabel[old]
-        if old in rescue and old not in {label for _, label in moved}:
+        if old in rescue and old not in already_moved:
+            already_moved.add(old)
             image_id = example.features.feature[records.IMAGE_ID].bytes_list.value[0]
             moved.append((image_id.decode("utf-8"), old))
             diverted.append(example.SerializeToString())

@@ -1,4 +1,4 @@
-"""The TFRecord Example schema, and the one writer and parser of it.
+"""The TFRecord Example schema: how a Record is serialized and parsed.
 
 Keys follow the TensorFlow Model Garden / DELF convention so lmrec shards are
 interchangeable with theirs: image/encoded (JPEG bytes), image/class/label
@@ -90,12 +90,13 @@ def shard_pattern(data_dir: str, split: str) -> str:
 
 
 class ShardWriter:
-    """Streams Examples of one split into rolling shards inside a (temporary) folder.
+    """Streams Records already in memory into rolling shards of one split.
 
-    Shards are written under provisional names and get their final
-    `<split>-NNNNN-of-MMMMM.tfrecord` names in finish(), once the count is known;
-    lmrec.prepare does all of this inside a temp folder that is renamed only
-    when the whole dataset is complete.
+    For tests and benchmarks that make their own Records. lmrec.prepare does not
+    use it: it plans its shards up front and writes each with
+    lmrec.data.shards.write_shard, so worker processes and Beam can share the work.
+    Shards get their final `<split>-NNNNN-of-MMMMM.tfrecord` names in finish(),
+    once the count is known.
     """
 
     def __init__(self, directory: str, split: str, images_per_shard: int):

@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from lmrec import atomic
 from lmrec.data import images
 from lmrec.data.sources import SourceItem
 from lmrec.errors import UserError
@@ -98,8 +99,8 @@ class ShardBuilder:
 
         self._spec = spec
         self._options = options
-        self._path = _join(options.directory, spec.name)
-        self._tmp = _join(options.directory, f".{spec.name}.inprogress")
+        self._path = os.path.join(options.directory, spec.name)
+        self._tmp = os.path.join(options.directory, f".{spec.name}.inprogress")
         self._writer = tf.io.TFRecordWriter(self._tmp)
         self.result: dict[str, Any] = {
             "shard": spec.name,
@@ -136,13 +137,12 @@ class ShardBuilder:
         _bump(result["sizes"], _size_bucket(converted.original_width, converted.original_height))
 
     def finish(self) -> dict[str, Any]:
-        import tensorflow as tf
-
+        """Renames the shard into place, then writes its result file (the "done" mark)."""
         self._writer.close()
-        tf.io.gfile.rename(self._tmp, self._path, overwrite=True)
-        results = _join(self._options.directory, RESULTS_DIR)
-        tf.io.gfile.makedirs(results)
-        _write_json_gfile(_join(results, f"{self._spec.name}.json"), self.result)
+        os.replace(self._tmp, self._path)
+        results = os.path.join(self._options.directory, RESULTS_DIR)
+        os.makedirs(results, exist_ok=True)
+        atomic.write_json(os.path.join(results, f"{self._spec.name}.json"), self.result)
         return self.result
 
 
@@ -156,20 +156,18 @@ def write_shard(spec: ShardSpec, options: WriteOptions) -> dict[str, Any]:
 
 def finished_results(directory: str) -> dict[str, dict[str, Any]]:
     """Results of the shards a previous (possibly killed) run completed, by shard name."""
-    import tensorflow as tf
-
-    results_dir = _join(directory, RESULTS_DIR)
-    if not tf.io.gfile.isdir(results_dir):
+    results_dir = os.path.join(directory, RESULTS_DIR)
+    if not os.path.isdir(results_dir):
         return {}
     done = {}
-    for name in tf.io.gfile.listdir(results_dir):
+    for name in os.listdir(results_dir):
         if not name.endswith(".json"):
             continue
         shard = name[: -len(".json")]
-        if not tf.io.gfile.exists(_join(directory, shard)):
+        if not os.path.exists(os.path.join(directory, shard)):
             continue
         try:
-            with tf.io.gfile.GFile(_join(results_dir, name), "r") as f:
+            with open(os.path.join(results_dir, name), encoding="utf-8") as f:
                 done[shard] = json.load(f)
         except (ValueError, OSError):
             continue  # a damaged result file: the shard is simply written again.
@@ -312,21 +310,6 @@ def _size_bucket(width: int, height: int) -> str:
         return max(SIZE_BUCKET, round(value / SIZE_BUCKET) * SIZE_BUCKET)
 
     return f"{bucket(width)}x{bucket(height)}"
-
-
-def _join(directory: str, name: str) -> str:
-    return (
-        directory.rstrip("/") + "/" + name if "://" in directory else os.path.join(directory, name)
-    )
-
-
-def _write_json_gfile(path: str, payload: Any) -> None:
-    import tensorflow as tf
-
-    tmp = path + ".inprogress"
-    with tf.io.gfile.GFile(tmp, "w") as f:
-        f.write(json.dumps(payload, ensure_ascii=False))
-    tf.io.gfile.rename(tmp, path, overwrite=True)
 
 
 def _quiet_worker() -> None:
