@@ -75,6 +75,10 @@ class ModelConfig:
     dense_units: int = 512
     dropout: float = 0.3
     bilinear_dim: int = 8192  # Tensor Sketch dimension of the bilinear heads
+    # The loss decides the head's last layer (lmrec.losses), so it is part of the model.
+    loss: str = "softmax"  # softmax | focal | arcface | subcenter_arcface
+    arcface_scale: float = 30.0  # s of the cosine classifier's logits s·cos θ
+    subcenters: int = 3  # weights per class, for --loss=subcenter_arcface
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,6 +100,8 @@ class TrainConfig:
     strategy: str = "auto"
     steps_per_epoch: int = 0  # 0: one pass over the training shards.
     label_smoothing: float = 0.1
+    arcface_margin: float = 0.5  # m, radians, added to the target angle (training only)
+    focal_gamma: float = 2.0
     prepare_if_missing: bool = False
     evaluate_after: bool = True
     export_after: bool = True
@@ -126,6 +132,14 @@ class PredictConfig:
     output: str = "tags.csv"
     top_k: int = 5
     batch_size: int = 32
+
+
+@dataclasses.dataclass(frozen=True)
+class CompareConfig:
+    """What lmrec.compare trains side by side (each entry is a flagfile plus overrides)."""
+
+    models: str = ""  # comma-separated: "a.cfg,a.cfg --head=gem,b.cfg --loss=arcface"
+    compare_dir: str = "runs/compare"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -194,6 +208,7 @@ ALL_CONFIG_CLASSES = (
     ExportConfig,
     EvaluateConfig,
     PredictConfig,
+    CompareConfig,
 )
 
 

@@ -110,6 +110,7 @@ def export_saved_model(
             "model_dir": os.path.abspath(model_dir),
             "backbone": trained.config.model.backbone,
             "head": trained.config.model.head,
+            "loss": trained.config.model.loss,
             "image_size": trained.image_size,
             "max_image_side": trained.config.prepare.max_image_side,
             "top_k": min(config.top_k, len(trained.class_names)),

@@ -15,6 +15,7 @@ from __future__ import annotations
 from absl import flags
 
 from lmrec.config import (
+    CompareConfig,
     DataConfig,
     EvaluateConfig,
     ExportConfig,
@@ -132,7 +133,13 @@ FLAG_TABLE: tuple[tuple[type, str, str], ...] = (
     ),
     (DataConfig, "shuffle_buffer", "Examples in the shuffle buffer."),
     # model
-    (ModelConfig, "backbone", "xception | inceptionv3 | resnet50 | efficientnetb7 | baseline."),
+    (
+        ModelConfig,
+        "backbone",
+        "xception | inceptionv3 | resnet50 | efficientnetb7 | efficientnet_lite0|1|2 | "
+        "squeezenet | resnet18 | resnet34 | baseline, or any keras.applications model by its "
+        "lower-case class name (densenet201, mobilenetv2, efficientnetv2s, convnexttiny, ...).",
+    ),
     (
         ModelConfig,
         "weights",
@@ -150,6 +157,25 @@ FLAG_TABLE: tuple[tuple[type, str, str], ...] = (
         ModelConfig,
         "bilinear_dim",
         "Output dimension of compact bilinear pooling (Tensor Sketch) in the bilinear heads.",
+    ),
+    (
+        ModelConfig,
+        "loss",
+        "Training loss: softmax (cross-entropy) | focal (down-weights easy examples, for long "
+        "tails) | arcface | subcenter_arcface (additive angular margin on a cosine classifier). "
+        "The model outputs softmax probabilities with every loss.",
+    ),
+    (
+        ModelConfig,
+        "arcface_scale",
+        "ArcFace scale s: the cosine classifier's logits are s*cos(angle), so s bounds them; "
+        "about 30 for tens to thousands of classes.",
+    ),
+    (
+        ModelConfig,
+        "subcenters",
+        "Weights per class for --loss=subcenter_arcface (each class scores its closest one); "
+        "--loss=arcface always has 1.",
     ),
     # training
     (TrainConfig, "model_dir", "Run folder: flags, labels, checkpoints, history, logs, report."),
@@ -198,7 +224,23 @@ FLAG_TABLE: tuple[tuple[type, str, str], ...] = (
         "a decayed schedule is often the better model.",
     ),
     (TrainConfig, "steps_per_epoch", "Training steps per epoch; 0: one pass over the data."),
-    (TrainConfig, "label_smoothing", "Label smoothing of the cross-entropy."),
+    (
+        TrainConfig,
+        "label_smoothing",
+        "Label smoothing of the cross-entropy (of every --loss), in [0, 1).",
+    ),
+    (
+        TrainConfig,
+        "arcface_margin",
+        "ArcFace additive angular margin m in radians, in [0, pi/2): training makes the true "
+        "class win by m in angle. 0 is softmax cross-entropy on the cosine logits.",
+    ),
+    (
+        TrainConfig,
+        "focal_gamma",
+        "Focal loss exponent: each example's loss is scaled by (1 - p_true)^gamma; 0 is the "
+        "cross-entropy.",
+    ),
     (
         TrainConfig,
         "prepare_if_missing",
@@ -229,6 +271,14 @@ FLAG_TABLE: tuple[tuple[type, str, str], ...] = (
         "An export folder (SavedModel, or its parent of versions) or a training model_dir.",
     ),
     (PredictConfig, "output", "Where predict writes tags: a .csv or .json path."),
+    # compare: several models on the same data, one table
+    (
+        CompareConfig,
+        "models",
+        "For lmrec.compare: comma-separated entries, each a flagfile optionally followed by "
+        "space-separated overrides, e.g. 'configs/recipes/lite0_transfer.cfg --head=gem'.",
+    ),
+    (CompareConfig, "compare_dir", "For lmrec.compare: where its runs and table go."),
 )
 
 

@@ -131,3 +131,33 @@ def dataset_stats_png(stats: dict, path: str) -> None:
     axis.set_xlabel("files")
     axis.set_title(f"skipped files ({len(stats.get('skipped', []))})")
     _save(figure, path)
+
+
+def comparison_png(rows: list[dict], path: str, title: str) -> None:
+    """Accuracy, macro-F1 and GAP per model as grouped bars, and fine-tuning seconds per epoch."""
+    names = [row["name"] for row in rows]
+    positions = np.arange(len(rows))
+    figure, (scores, seconds) = plt.subplots(
+        1, 2, figsize=(max(9, 1.6 * len(rows) + 5), 4.5), gridspec_kw={"width_ratios": [3, 2]}
+    )
+    metrics = (("accuracy", "test accuracy"), ("macro_f1", "macro-F1"), ("gap", "GAP"))
+    width = 0.8 / len(metrics)
+    for index, (key, label) in enumerate(metrics):
+        values = [np.nan if row.get(key) is None else row[key] for row in rows]
+        bars = scores.bar(positions + (index - 1) * width, values, width, label=label)
+        scores.bar_label(bars, fmt="%.2f", fontsize=6, padding=1)
+    scores.set_ylim(0, 1.08)
+    scores.set_title("scores (higher is better)")
+    seconds_per_epoch = [
+        row.get("seconds_per_epoch_finetune") or row.get("seconds_per_epoch_frozen") or np.nan
+        for row in rows
+    ]
+    bars = seconds.bar(positions, seconds_per_epoch, 0.6, color="tab:gray")
+    seconds.bar_label(bars, fmt="%.0f", fontsize=7, padding=1)
+    seconds.set_title("seconds per fine-tuning epoch")
+    for axis in (scores, seconds):
+        axis.set_xticks(positions, names, rotation=30, ha="right", fontsize=8)
+        axis.grid(axis="y", alpha=0.3)
+    scores.legend(fontsize=8, loc="lower right")
+    figure.suptitle(title, fontsize=10)
+    _save(figure, path)

@@ -22,7 +22,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from lmrec import atomic, distribute, optimizers, plots
+from lmrec import atomic, distribute, losses, optimizers, plots
 from lmrec import model_dir as run_files
 from lmrec.config import ExperimentConfig
 from lmrec.data import augment, pipeline, prepare, records
@@ -40,6 +40,8 @@ class TrainResult:
     best_metric: str = ""
     best_value: float | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
+    # Per phase: {"trainable", "non_trainable", "total"} parameter counts while it trained.
+    parameters: dict[str, dict[str, int]] = field(default_factory=dict)
     metrics: dict[str, Any] | None = None
     export_path: str | None = None
     seconds: float = 0.0
@@ -171,6 +173,7 @@ def validate(config: ExperimentConfig) -> None:
     backbones.resolve_image_size(config.model.backbone, config.data.image_size)
     backbones.normalize_weights(config.model.weights)
     heads.get_builder(config.model.head)
+    losses.check(config)
     augment.get_policy(config.data.augment)
     augment.check_mixing(config.data.mixing)
     pipeline.check_balance(config.data.balance)
@@ -287,7 +290,7 @@ def _prepare_phase(model, phase: str, learning_rate: float, steps: int, config) 
             weight_decay=config.train.weight_decay,
             ema_momentum=config.train.ema_momentum,
         ),
-        loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.train.label_smoothing),
+        loss=losses.build(config),
         metrics=[
             keras.metrics.CategoricalAccuracy(name="accuracy"),
             keras.metrics.TopKCategoricalAccuracy(k=min(5, num_classes), name="top5"),
@@ -338,6 +341,7 @@ def train_and_evaluate(
         model = classifier.build_classifier(config.model, num_classes, image_size)
 
     history: list[dict[str, Any]] = []
+    parameters: dict[str, dict[str, int]] = {}
     monitor = "val_accuracy" if val_data is not None else "accuracy"
     checkpoint = _AtomicCheckpoint(model_dir, monitor, config.train.select_epoch)
     history_writer = _HistoryWriter(os.path.join(model_dir, run_files.HISTORY_CSV), history)
@@ -349,7 +353,8 @@ def train_and_evaluate(
 
     if verbose:
         print(
-            f"Training {config.model.backbone} + {config.model.head} on {data_dir}: "
+            f"Training {config.model.backbone} + {config.model.head} with loss "
+            f"{config.model.loss} on {data_dir}: "
             f"{num_classes} classes, {train_count} training images, {image_size} px, "
             f"batch {batch_size} over {strategy.num_replicas_in_sync} replica(s), "
             f"{steps_per_epoch} steps per epoch.",
@@ -372,11 +377,16 @@ def train_and_evaluate(
             continue
         with strategy.scope():
             _prepare_phase(model, phase, learning_rate, epochs * steps_per_epoch, config)
+        count = freezing.count_parameters(model)
+        parameters[phase] = {
+            "trainable": count.trainable,
+            "non_trainable": count.non_trainable,
+            "total": count.total,
+        }
         if verbose:
             print(
                 f"Phase {phase}: {epochs} epoch(s), learning rate {learning_rate:g} "
-                f"({config.train.lr_schedule}); "
-                f"{freezing.count_parameters(model)}.",
+                f"({config.train.lr_schedule}); {count}.",
                 file=sys.stderr,
             )
         history_writer.phase = phase
@@ -405,6 +415,7 @@ def train_and_evaluate(
         best_metric=monitor,
         best_value=checkpoint.best,
         history=history,
+        parameters=parameters,
     )
     if config.train.evaluate_after and val_data is None and not config.evaluate.data:
         print(

