@@ -90,8 +90,14 @@ class TrainConfig:
     epochs_finetune: int = 5
     lr_frozen: float = 1e-3
     lr_finetune: float = 1e-4
-    lr_schedule: str = "cosine"  # per phase: constant | cosine (decays to 0 over the phase)
-    optimizer: str = "adam"  # adam | adamw | sgd (Nesterov momentum 0.9)
+    lr_schedule: str = "cosine"  # per phase: constant | step | cosine | cosine_restarts
+    lr_step_epochs: float = 0.0  # step: epochs between drops; 0: drops at 1/3 and 2/3 of a phase
+    lr_decay_factor: float = 0.1  # step: the rate is multiplied by this at each drop
+    restart_epochs: float = 1.0  # cosine_restarts: length of the first cycle
+    restart_multiplier: float = 2.0  # cosine_restarts: each cycle is this many times longer
+    warmup_epochs: float = 0.0  # phase 2 starts with a linear warm-up from 0 over this many
+    optimizer: str = "adam"  # adam | adamw | rmsprop | sgd (Nesterov)
+    momentum: float = 0.9  # sgd's momentum
     weight_decay: float = 0.0  # decoupled weight decay for adamw and sgd
     ema_momentum: float = 0.0  # > 0: validate, checkpoint and export an EMA of the weights
     select_epoch: str = "best"  # best (val accuracy) | last: the epoch evaluated and exported
@@ -140,6 +146,17 @@ class CompareConfig:
 
     models: str = ""  # comma-separated: "a.cfg,a.cfg --head=gem,b.cfg --loss=arcface"
     compare_dir: str = "runs/compare"
+
+
+@dataclasses.dataclass(frozen=True)
+class LrFindConfig:
+    """The learning-rate range test of lmrec.lr_find."""
+
+    lr_find_phase: str = "finetune"  # frozen | finetune: which phase's rate to find
+    lr_find_min: float = 1e-7
+    lr_find_max: float = 1.0
+    lr_find_steps: int = 100
+    lr_find_dir: str = ""  # "": --model_dir
 
 
 @dataclasses.dataclass(frozen=True)
@@ -209,6 +226,7 @@ ALL_CONFIG_CLASSES = (
     EvaluateConfig,
     PredictConfig,
     CompareConfig,
+    LrFindConfig,
 )
 
 

@@ -19,6 +19,7 @@ from lmrec.config import (
     DataConfig,
     EvaluateConfig,
     ExportConfig,
+    LrFindConfig,
     ModelConfig,
     PredictConfig,
     PrepareConfig,
@@ -186,8 +187,35 @@ FLAG_TABLE: tuple[tuple[type, str, str], ...] = (
     (
         TrainConfig,
         "lr_schedule",
-        "Learning-rate schedule within each phase: constant | cosine (decays to 0 by the "
-        "phase's last step).",
+        "Learning-rate schedule within each phase, from the phase's rate: constant | step "
+        "(x --lr_decay_factor every --lr_step_epochs) | cosine (decays to 0 by the phase's last "
+        "step) | cosine_restarts (SGDR: cosine cycles back to the peak, the first "
+        "--restart_epochs long, each next --restart_multiplier times longer).",
+    ),
+    (
+        TrainConfig,
+        "lr_step_epochs",
+        "For --lr_schedule=step: epochs between drops (fractions allowed); 0: drops at 1/3 and "
+        "2/3 of each phase.",
+    ),
+    (TrainConfig, "lr_decay_factor", "For --lr_schedule=step: factor of each drop, in (0, 1]."),
+    (
+        TrainConfig,
+        "restart_epochs",
+        "For --lr_schedule=cosine_restarts: epochs of the first cycle (fractions allowed).",
+    ),
+    (
+        TrainConfig,
+        "restart_multiplier",
+        "For --lr_schedule=cosine_restarts: each cycle is this many times longer than the "
+        "last (>= 1).",
+    ),
+    (
+        TrainConfig,
+        "warmup_epochs",
+        "Phase 2 (fine-tuning, or all of a from-scratch run) first raises its rate linearly "
+        "from 0 over this many epochs, then runs --lr_schedule over the rest; 0: no warm-up. "
+        "Phase 1 (a new head on a frozen backbone) needs none.",
     ),
     (
         TrainConfig,
@@ -208,8 +236,14 @@ FLAG_TABLE: tuple[tuple[type, str, str], ...] = (
         "tf.distribute strategy: auto (mirrored over GPUs if any, else default) | default | "
         "mirrored.",
     ),
-    (TrainConfig, "optimizer", "adam | adamw | sgd (Nesterov momentum 0.9); one per phase."),
-    (TrainConfig, "weight_decay", "Decoupled weight decay for adamw and sgd (0: none)."),
+    (
+        TrainConfig,
+        "optimizer",
+        "adam | adamw | rmsprop (the seeds' Keras-tutorial optimizer) | sgd (Nesterov, "
+        "--momentum); a fresh one per phase.",
+    ),
+    (TrainConfig, "momentum", "Momentum of --optimizer=sgd, in [0, 1)."),
+    (TrainConfig, "weight_decay", "Decoupled weight decay for adamw, rmsprop and sgd (0: none)."),
     (
         TrainConfig,
         "ema_momentum",
@@ -279,6 +313,26 @@ FLAG_TABLE: tuple[tuple[type, str, str], ...] = (
         "space-separated overrides, e.g. 'configs/recipes/lite0_transfer.cfg --head=gem'.",
     ),
     (CompareConfig, "compare_dir", "For lmrec.compare: where its runs and table go."),
+    # lr_find: the learning-rate range test
+    (
+        LrFindConfig,
+        "lr_find_phase",
+        "For lmrec.lr_find: frozen (suggests --lr_frozen) | finetune (suggests --lr_finetune; "
+        "phase 1 trains first, as in lmrec.train).",
+    ),
+    (LrFindConfig, "lr_find_min", "For lmrec.lr_find: the first learning rate tried."),
+    (LrFindConfig, "lr_find_max", "For lmrec.lr_find: the last learning rate tried."),
+    (
+        LrFindConfig,
+        "lr_find_steps",
+        "For lmrec.lr_find: training steps, one per rate, spaced geometrically from "
+        "--lr_find_min to --lr_find_max (the test stops early once the loss diverges).",
+    ),
+    (
+        LrFindConfig,
+        "lr_find_dir",
+        "For lmrec.lr_find: where lr_find.png/json go; default: --model_dir.",
+    ),
 )
 
 

@@ -161,3 +161,30 @@ def comparison_png(rows: list[dict], path: str, title: str) -> None:
     scores.legend(fontsize=8, loc="lower right")
     figure.suptitle(title, fontsize=10)
     _save(figure, path)
+
+
+def lr_find_png(
+    learning_rates: list[float],
+    losses: list[float],
+    smoothed: list[float],
+    suggestion: float,
+    path: str,
+    title: str,
+) -> None:
+    """The learning-rate range test: loss against learning rate (log axis), suggestion marked."""
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    axis.plot(learning_rates, losses, color="tab:blue", alpha=0.3, label="loss per step")
+    axis.plot(learning_rates, smoothed, color="tab:blue", label="smoothed loss")
+    axis.axvline(suggestion, color="tab:red", linestyle="--", label=f"suggestion {suggestion:.2g}")
+    finite = [v for v in smoothed if np.isfinite(v)]
+    if finite:
+        # Diverged steps would squash the interesting part of the curve.
+        low, high = min(finite), min(max(finite), 4 * min(finite))
+        axis.set_ylim(low - 0.05 * (high - low), high + 0.05 * (high - low) + 1e-6)
+    axis.set_xscale("log")
+    axis.set_xlabel("learning rate")
+    axis.set_ylabel("training loss")
+    axis.set_title(title)
+    axis.grid(alpha=0.3, which="both")
+    axis.legend(fontsize=8)
+    _save(figure, path)

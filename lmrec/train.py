@@ -178,7 +178,7 @@ def validate(config: ExperimentConfig) -> None:
     augment.check_mixing(config.data.mixing)
     pipeline.check_balance(config.data.balance)
     distribute.get_factory(config.train.strategy)
-    optimizers.check_names(config.train.optimizer, config.train.lr_schedule)
+    optimizers.check(config.train)
     if config.train.select_epoch not in SELECT_EPOCH:
         raise UserError(
             f"--select_epoch must be one of {', '.join(SELECT_EPOCH)}, "
@@ -269,8 +269,15 @@ def _datasets(config: ExperimentConfig, stats: dict, num_classes: int):
     return train, val, steps
 
 
-def _prepare_phase(model, phase: str, learning_rate: float, steps: int, config) -> None:
-    """Sets what trains in this phase and compiles a fresh optimizer for it."""
+def _prepare_phase(
+    model, phase: str, learning_rate: float, epochs: int, steps_per_epoch: int, config
+) -> None:
+    """Sets what trains in this phase and compiles a fresh optimizer for it.
+
+    --warmup_epochs applies to phase 2 only: phase 1 trains a new head on a frozen
+    backbone, with nothing pretrained for large first steps to damage, while phase 2's
+    fresh optimizer meets pretrained weights (or, from scratch, is the whole run).
+    """
     if phase == "frozen":
         freezing.freeze_backbone(model)
     else:
@@ -283,12 +290,11 @@ def _prepare_phase(model, phase: str, learning_rate: float, steps: int, config) 
     num_classes = model.output.shape[-1]
     model.compile(
         optimizer=optimizers.build(
-            config.train.optimizer,
+            config.train,
             learning_rate,
-            steps,
-            schedule=config.train.lr_schedule,
-            weight_decay=config.train.weight_decay,
-            ema_momentum=config.train.ema_momentum,
+            epochs * steps_per_epoch,
+            steps_per_epoch,
+            warmup_epochs=config.train.warmup_epochs if phase == "finetune" else 0.0,
         ),
         loss=losses.build(config),
         metrics=[
@@ -376,7 +382,7 @@ def train_and_evaluate(
         if epochs <= 0:
             continue
         with strategy.scope():
-            _prepare_phase(model, phase, learning_rate, epochs * steps_per_epoch, config)
+            _prepare_phase(model, phase, learning_rate, epochs, steps_per_epoch, config)
         count = freezing.count_parameters(model)
         parameters[phase] = {
             "trainable": count.trainable,
