@@ -104,7 +104,12 @@ class TrainConfig:
     unfreeze_from: str = ""  # "" unfreezes the whole backbone in phase 2.
     freeze_layers: int = 0  # the first N backbone layers stay frozen in phase 2 (seed: 85)
     strategy: str = "auto"
+    mixed_precision: str = "none"  # none | auto (float16 on a GPU) | float16 | bfloat16
+    jit_compile: str = "auto"  # auto (Keras decides: never on CPU-only machines) | true | false
     steps_per_epoch: int = 0  # 0: one pass over the training shards.
+    early_stopping_patience: int = 0  # 0: off; else epochs without improvement, per phase
+    early_stopping_metric: str = "val_accuracy"  # [val_]loss | [val_]accuracy | [val_]top5
+    tensorboard_images: int = 8  # validation photos drawn with their predictions each epoch
     label_smoothing: float = 0.1
     arcface_margin: float = 0.5  # m, radians, added to the target angle (training only)
     focal_gamma: float = 2.0

@@ -238,6 +238,20 @@ FLAG_TABLE: tuple[tuple[type, str, str], ...] = (
     ),
     (
         TrainConfig,
+        "mixed_precision",
+        "Training precision: none (float32) | auto (float16 on a GPU, else float32) | float16 "
+        "(mixed_float16, loss scaling included) | bfloat16 (mixed_bfloat16: TPUs, recent GPUs "
+        "and CPUs with bfloat16 units; slow on most CPUs). Variables, softmax and loss stay "
+        "float32; evaluation and export run in float32.",
+    ),
+    (
+        TrainConfig,
+        "jit_compile",
+        "XLA compilation of the training step: auto (Keras decides; off on CPU-only machines) "
+        "| true | false. On CPU, XLA slows the EfficientNets several-fold (a warning says so).",
+    ),
+    (
+        TrainConfig,
         "optimizer",
         "adam | adamw | rmsprop (the seeds' Keras-tutorial optimizer) | sgd (Nesterov, "
         "--momentum); a fresh one per phase.",
@@ -258,6 +272,24 @@ FLAG_TABLE: tuple[tuple[type, str, str], ...] = (
         "a decayed schedule is often the better model.",
     ),
     (TrainConfig, "steps_per_epoch", "Training steps per epoch; 0: one pass over the data."),
+    (
+        TrainConfig,
+        "early_stopping_patience",
+        "End a phase after this many epochs without improvement of --early_stopping_metric "
+        "(phase 1 then moves on to phase 2); 0: off. --select_epoch still picks the weights.",
+    ),
+    (
+        TrainConfig,
+        "early_stopping_metric",
+        "What --early_stopping_patience watches: val_accuracy | val_loss | val_top5, or the "
+        "training loss | accuracy | top5 (the val_ ones fall back to these without a val split).",
+    ),
+    (
+        TrainConfig,
+        "tensorboard_images",
+        "Validation photos drawn in TensorBoard (Images tab) after each epoch, titled with the "
+        "true and predicted class and its probability; 0: none.",
+    ),
     (
         TrainConfig,
         "label_smoothing",

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import keras
 import numpy as np
 
-from lmrec import atomic, distribute, plots, train
+from lmrec import atomic, distribute, performance, plots, train
 from lmrec.config import ExperimentConfig, LrFindConfig
 from lmrec.data import prepare, records
 from lmrec.errors import UserError
@@ -176,7 +176,8 @@ def lr_find(config: ExperimentConfig, settings: LrFindConfig, verbose: bool = Tr
 
     keras.utils.set_random_seed(config.data.seed)
     strategy = distribute.get_strategy(config.train.strategy)
-    with strategy.scope():
+    policy = performance.dtype_policy_name(config.train.mixed_precision)
+    with strategy.scope(), performance.dtype_policy(policy):
         model = classifier.build_classifier(config.model, num_classes, image_size)
     phase, epochs_frozen = settings.lr_find_phase, config.train.epochs_frozen
     if phase == "finetune" and epochs_frozen > 0:

@@ -16,11 +16,15 @@ import numpy as np  # noqa: E402
 from lmrec import atomic  # noqa: E402
 
 
-def _save(figure, path: str) -> None:
+def _png_bytes(figure, dpi: int = 110) -> bytes:
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    figure.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
     plt.close(figure)
-    atomic.write_bytes(path, buffer.getvalue())
+    return buffer.getvalue()
+
+
+def _save(figure, path: str) -> None:
+    atomic.write_bytes(path, _png_bytes(figure))
 
 
 def confusion_matrix_png(counts: np.ndarray, class_names: list[str], path: str, title: str) -> None:
@@ -81,6 +85,34 @@ def training_curves_png(history: list[dict], path: str) -> None:
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8)
     _save(figure, path)
+
+
+def prediction_grid_png(
+    images: np.ndarray,
+    true_names: list[str],
+    predicted_names: list[str],
+    confidences: list[float],
+) -> bytes:
+    """Photos (uint8 [N, H, W, 3]) in rows of 4, each titled true / predicted (probability).
+
+    Right predictions are titled in green, wrong ones in red. Returns PNG bytes,
+    for TensorBoard (lmrec.train's sample predictions) rather than a file.
+    """
+    columns = min(4, len(images))
+    rows = -(-len(images) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(2.3 * columns, 2.5 * rows), squeeze=False)
+    for axis in axes.flat:
+        axis.axis("off")
+    for axis, image, true, predicted, confidence in zip(
+        axes.flat, images, true_names, predicted_names, confidences, strict=False
+    ):
+        axis.imshow(image)
+        axis.set_title(
+            f"true: {true[:22]}\npred: {predicted[:22]} ({confidence:.2f})",
+            fontsize=8,
+            color="tab:green" if true == predicted else "tab:red",
+        )
+    return _png_bytes(figure, dpi=80)
 
 
 def dataset_stats_png(stats: dict, path: str) -> None:

@@ -22,7 +22,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from lmrec import atomic, distribute, losses, optimizers, plots
+from lmrec import atomic, distribute, losses, optimizers, performance, plots
 from lmrec import model_dir as run_files
 from lmrec.config import ExperimentConfig
 from lmrec.data import augment, pipeline, prepare, records
@@ -42,6 +42,8 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     # Per phase: {"trainable", "non_trainable", "total"} parameter counts while it trained.
     parameters: dict[str, dict[str, int]] = field(default_factory=dict)
+    # Phases that early stopping ended, with the last epoch they ran (1-based, as in history).
+    stopped_early: dict[str, int] = field(default_factory=dict)
     metrics: dict[str, Any] | None = None
     export_path: str | None = None
     seconds: float = 0.0
@@ -126,6 +128,74 @@ class _AtomicCheckpoint(keras.callbacks.Callback):
             self.model.save_weights(tmp)
 
 
+# --early_stopping_metric: what fit logs (each also with "val_"), and which way is better.
+EARLY_STOPPING_MODES = {"loss": "min", "accuracy": "max", "top5": "max"}
+
+
+def early_stopping_mode(metric: str) -> str:
+    """The better direction, max or min, of --early_stopping_metric; checked before training.
+
+    Raises:
+      UserError: not a metric that training logs.
+    """
+    mode = EARLY_STOPPING_MODES.get(metric.removeprefix("val_"))
+    if mode is None:
+        valid = [*EARLY_STOPPING_MODES, *(f"val_{name}" for name in EARLY_STOPPING_MODES)]
+        raise UserError(f"Unknown --early_stopping_metric={metric!r}; valid: {', '.join(valid)}")
+    return mode
+
+
+class _SamplePredictions(keras.callbacks.Callback):
+    """After each epoch, draws a few validation photos with their predictions into TensorBoard.
+
+    The photos are read once through the evaluation pipeline (same decode and
+    resize) but without the backbone's normalization, so they display as photos;
+    the model gets them normalized. They go to their own run, logs/samples:
+    TensorBoard expects one writer per folder, and Keras' writers own logs/train
+    and logs/validation.
+    """
+
+    def __init__(self, log_dir: str, images, labels, class_names: list[str], preprocess):
+        super().__init__()
+        self.writer = tf.summary.create_file_writer(log_dir)
+        self.images = images
+        self.labels = labels.numpy()
+        self.class_names = class_names
+        self.preprocess = preprocess
+
+    def on_epoch_end(self, epoch, logs=None):
+        probabilities = keras.ops.convert_to_numpy(
+            self.model(self.preprocess(self.images), training=False)
+        )
+        predicted = probabilities.argmax(axis=-1)
+        png = plots.prediction_grid_png(
+            tf.cast(self.images, tf.uint8).numpy(),
+            [self.class_names[i] for i in self.labels],
+            [self.class_names[i] for i in predicted],
+            probabilities.max(axis=-1).tolist(),
+        )
+        with self.writer.as_default():
+            tf.summary.image("sample_predictions", tf.image.decode_png(png, 3)[None], step=epoch)
+        self.writer.flush()
+
+
+def _sample_predictions(
+    config: ExperimentConfig, class_names: list[str], model_dir: str
+) -> _SamplePredictions:
+    """The callback for the first --tensorboard_images photos of the (shuffled) val split."""
+    dataset = pipeline.make_dataset(
+        records.shard_pattern(config.data.data_dir, "val"),
+        config.data.image_size,
+        tf.identity,
+        batch_size=config.train.tensorboard_images,
+        training=False,
+    )
+    images, labels = next(iter(dataset))
+    spec = backbones.get_spec(config.model.backbone)
+    log_dir = os.path.join(model_dir, run_files.LOGS_DIR, "samples")
+    return _SamplePredictions(log_dir, images, labels, class_names, spec.preprocess)
+
+
 def ensure_data(config: ExperimentConfig, verbose: bool = True) -> str:
     """Returns the prepared data folder, preparing it first when the config allows.
 
@@ -178,6 +248,9 @@ def validate(config: ExperimentConfig) -> None:
     augment.check_mixing(config.data.mixing)
     pipeline.check_balance(config.data.balance)
     distribute.get_factory(config.train.strategy)
+    performance.dtype_policy_name(config.train.mixed_precision)
+    performance.jit_compile(config.train.jit_compile)
+    early_stopping_mode(config.train.early_stopping_metric)
     optimizers.check(config.train)
     if config.train.select_epoch not in SELECT_EPOCH:
         raise UserError(
@@ -188,7 +261,13 @@ def validate(config: ExperimentConfig) -> None:
         raise UserError(f"--ema_momentum must be in [0, 1), got {config.train.ema_momentum}")
     if config.data.batch_size < 1:
         raise UserError("--batch_size must be >= 1")
-    for flag in ("epochs_frozen", "epochs_finetune", "steps_per_epoch"):
+    for flag in (
+        "epochs_frozen",
+        "epochs_finetune",
+        "steps_per_epoch",
+        "early_stopping_patience",
+        "tensorboard_images",
+    ):
         if getattr(config.train, flag) < 0:
             raise UserError(f"--{flag} must be >= 0")
     if config.train.epochs_frozen + config.train.epochs_finetune == 0:
@@ -301,6 +380,7 @@ def _prepare_phase(
             keras.metrics.CategoricalAccuracy(name="accuracy"),
             keras.metrics.TopKCategoricalAccuracy(k=min(5, num_classes), name="top5"),
         ],
+        jit_compile=performance.jit_compile(config.train.jit_compile),
     )
 
 
@@ -343,7 +423,13 @@ def train_and_evaluate(
 
     keras.utils.set_random_seed(config.data.seed)
     strategy = distribute.get_strategy(config.train.strategy)
-    with strategy.scope():
+    policy = performance.dtype_policy_name(config.train.mixed_precision)
+    for warning in performance.warnings_for(
+        config.train.mixed_precision, config.train.jit_compile, config.model.backbone
+    ):
+        print(f"Warning: {warning}", file=sys.stderr)
+    # Layers take the global dtype policy when built; compile() adds loss scaling for float16.
+    with strategy.scope(), performance.dtype_policy(policy):
         model = classifier.build_classifier(config.model, num_classes, image_size)
 
     history: list[dict[str, Any]] = []
@@ -354,8 +440,14 @@ def train_and_evaluate(
     callbacks = [
         history_writer,
         checkpoint,
+        # Logs every metric and the learning rate per epoch (logs/train, logs/validation).
         keras.callbacks.TensorBoard(log_dir=os.path.join(model_dir, run_files.LOGS_DIR)),
     ]
+    if val_data is not None and config.train.tensorboard_images:
+        callbacks.append(_sample_predictions(config, records.label_names(labels), model_dir))
+    stopping_metric = config.train.early_stopping_metric
+    if val_data is None:
+        stopping_metric = stopping_metric.removeprefix("val_")
 
     if verbose:
         print(
@@ -363,9 +455,15 @@ def train_and_evaluate(
             f"{config.model.loss} on {data_dir}: "
             f"{num_classes} classes, {train_count} training images, {image_size} px, "
             f"batch {batch_size} over {strategy.num_replicas_in_sync} replica(s), "
-            f"{steps_per_epoch} steps per epoch.",
+            f"{steps_per_epoch} steps per epoch, {policy} dtype policy.",
             file=sys.stderr,
         )
+        if config.train.early_stopping_patience:
+            print(
+                f"Early stopping: a phase ends after {config.train.early_stopping_patience} "
+                f"epoch(s) without a better {stopping_metric}.",
+                file=sys.stderr,
+            )
         if config.data.balance != "none":
             counts = train_class_counts(stats, num_classes)
             print(
@@ -378,6 +476,7 @@ def train_and_evaluate(
         ("finetune", config.train.epochs_finetune, config.train.lr_finetune),
     ]
     epoch = 0
+    stopped_early: dict[str, int] = {}
     for phase, epochs, learning_rate in phases:
         if epochs <= 0:
             continue
@@ -401,7 +500,15 @@ def train_and_evaluate(
             # One per phase (each phase has a fresh optimizer); first, so the checkpoint and
             # the validation see the averaged weights.
             phase_callbacks = [keras.callbacks.SwapEMAWeights(swap_on_epoch=True), *callbacks]
-        model.fit(
+        if config.train.early_stopping_patience:
+            # Only ends the phase: the checkpoint, per --select_epoch, keeps the weights.
+            stopper = keras.callbacks.EarlyStopping(
+                monitor=stopping_metric,
+                mode=early_stopping_mode(stopping_metric),
+                patience=config.train.early_stopping_patience,
+            )
+            phase_callbacks = [*phase_callbacks, stopper]
+        fitted = model.fit(
             train_data,
             validation_data=val_data,
             initial_epoch=epoch,
@@ -411,7 +518,15 @@ def train_and_evaluate(
             shuffle=False,  # The pipeline shuffles; Keras cannot shuffle a tf.data.Dataset.
             verbose=_verbosity() if verbose else 0,
         )
-        epoch += epochs
+        epoch += len(fitted.epoch)
+        if len(fitted.epoch) < epochs:
+            stopped_early[phase] = epoch
+            if verbose:
+                print(
+                    f"Early stopping: phase {phase} ended after epoch {epoch}, "
+                    f"{len(fitted.epoch)} of {epochs}.",
+                    file=sys.stderr,
+                )
     plots.training_curves_png(history, os.path.join(model_dir, run_files.CURVES_PNG))
 
     result = TrainResult(
@@ -422,6 +537,7 @@ def train_and_evaluate(
         best_value=checkpoint.best,
         history=history,
         parameters=parameters,
+        stopped_early=stopped_early,
     )
     if config.train.evaluate_after and val_data is None and not config.evaluate.data:
         print(
@@ -461,6 +577,8 @@ def summary(result: TrainResult) -> str:
         f"{os.path.join(d, run_files.CURVES_PNG)}",
         f"  tensorboard    tensorboard --logdir {os.path.join(d, run_files.LOGS_DIR)}",
     ]
+    for phase, epoch in result.stopped_early.items():
+        lines.append(f"  early stop     phase {phase} ended after epoch {epoch}")
     if result.metrics:
         m = result.metrics
         lines.append(

@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from lmrec import config
+from lmrec import config, performance
 from lmrec import model_dir as run_files
 from lmrec import train as train_module
 from lmrec.data import records
 from lmrec.errors import UserError
+from lmrec.models import classifier
 from lmrec.train import train_and_evaluate
 from tests.conftest import small_demo_config
 
@@ -132,3 +133,122 @@ def test_arcface_run_evaluates_exports_and_reloads(tmp_path, demo_records):
         images=tf.constant(images)
     )
     np.testing.assert_allclose(served["probabilities"].numpy(), expected.numpy(), atol=1e-5)
+
+
+def _tiny(tmp_path, demo_records, **overrides):
+    """The baseline CNN at 32 px for a couple of steps: training mechanics, not accuracy."""
+    settings = dict(
+        data_dir=demo_records,
+        image_size=32,
+        epochs_frozen=0,
+        epochs_finetune=1,
+        steps_per_epoch=2,
+        batch_size=16,
+        evaluate_after=False,
+        export_after=False,
+        tensorboard_images=0,
+    )
+    settings.update(overrides)
+    return small_demo_config(str(tmp_path), **settings)
+
+
+def test_mixed_bfloat16_trains_in_bfloat16_then_evaluates_and_exports_in_float32(
+    tmp_path, demo_records, monkeypatch
+):
+    built = []  # the training model, then evaluate's and export's rebuilt ones
+    build = classifier.build_classifier
+    monkeypatch.setattr(
+        classifier, "build_classifier", lambda *a, **k: built.append(build(*a, **k)) or built[-1]
+    )
+    experiment = _tiny(
+        tmp_path, demo_records, mixed_precision="bfloat16", evaluate_after=True, export_after=True
+    )
+    result = train_and_evaluate(experiment, verbose=False)
+
+    assert keras.mixed_precision.global_policy().name == "float32", "policy restored"
+    trained, evaluated = built[0], built[1]
+    conv = trained.backbone.get_layer("stem_conv")
+    assert (conv.compute_dtype, conv.variable_dtype) == ("bfloat16", "float32")
+    assert trained.head.get_layer("probabilities").compute_dtype == "float32"
+    assert np.isfinite(result.history[0]["loss"]) and 0.0 <= result.metrics["accuracy"] <= 1.0
+    assert evaluated.backbone.get_layer("stem_conv").compute_dtype == "float32"
+    images = tf.zeros([1, 32, 32, 3], tf.uint8)
+    served = tf.saved_model.load(result.export_path).signatures["serving_images"](images=images)
+    assert served["probabilities"].dtype == tf.float32
+
+
+@pytest.mark.parametrize("jit_compile", ["true", "false"])
+def test_float16_compiles_with_loss_scaling_and_jit_compile_follows_the_flag(tmp_path, jit_compile):
+    experiment = small_demo_config(str(tmp_path), jit_compile=jit_compile)
+    with performance.dtype_policy(performance.dtype_policy_name("float16")):
+        model = classifier.build_classifier(experiment.model, 4, 32)
+    train_module._prepare_phase(model, "frozen", 1e-3, 1, 1, experiment)
+    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+    assert model.jit_compile is (jit_compile == "true")
+    assert keras.mixed_precision.global_policy().name == "float32"
+
+
+@pytest.mark.skipif(performance.gpu_visible(), reason="the warnings are for CPU-only machines")
+def test_slow_settings_on_cpu_warn_without_refusing():
+    (xla,) = performance.warnings_for("none", "true", "efficientnet_lite0")
+    assert "several-fold" in xla
+    assert performance.warnings_for("none", "auto", "efficientnet_lite0") == []
+    assert performance.warnings_for("none", "true", "baseline") == []
+    (float16,) = performance.warnings_for("float16", "false", "baseline")
+    assert "without a GPU" in float16
+    assert performance.dtype_policy_name("auto") == "float32"
+
+
+@pytest.mark.parametrize(
+    "flag, value",
+    [
+        ("mixed_precision", "float8"),
+        ("jit_compile", "yes"),
+        ("early_stopping_metric", "val_f1"),
+        ("early_stopping_patience", -1),
+        ("tensorboard_images", -1),
+    ],
+)
+def test_bad_performance_and_callback_flags_are_rejected(tmp_path, flag, value):
+    experiment = small_demo_config(str(tmp_path), **{flag: value})
+    with pytest.raises(UserError, match=f"--{flag}"):
+        train_module.validate(experiment)
+
+
+def _summaries(folder: str) -> dict[str, list[tuple[int, str]]]:
+    """tag -> [(step, plugin name)] of every summary in the event files under folder."""
+    found: dict[str, list[tuple[int, str]]] = {}
+    for path in tf.io.gfile.glob(os.path.join(folder, "events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                found.setdefault(value.tag, []).append(
+                    (event.step, value.metadata.plugin_data.plugin_name)
+                )
+    return found
+
+
+def test_early_stopping_ends_a_phase_and_tensorboard_gets_images_and_learning_rate(
+    tmp_path, demo_records
+):
+    # A learning rate of 0 on a frozen backbone: val_accuracy cannot improve after epoch 1.
+    experiment = _tiny(
+        tmp_path,
+        demo_records,
+        epochs_frozen=4,
+        lr_frozen=0.0,
+        early_stopping_patience=1,
+        early_stopping_metric="val_accuracy",
+        tensorboard_images=4,
+    )
+    result = train_and_evaluate(experiment, verbose=False)
+
+    assert [(row["epoch"], row["phase"]) for row in result.history] == [
+        (1, "frozen"),
+        (2, "frozen"),
+        (3, "finetune"),
+    ]
+    assert result.stopped_early == {"frozen": 2}
+    logs = os.path.join(result.model_dir, run_files.LOGS_DIR)
+    samples = _summaries(os.path.join(logs, "samples"))
+    assert samples["sample_predictions"] == [(0, "images"), (1, "images"), (2, "images")]
+    assert "epoch_learning_rate" in _summaries(os.path.join(logs, "train"))
