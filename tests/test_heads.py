@@ -267,6 +267,33 @@ def test_spatial_attention_weights_strong_locations_and_leaves_a_uniform_map():
     assert not layer.weights, "parameter-free"
 
 
+def test_spatial_attention_passes_gradients_only_through_the_features():
+    # ReLU maps have all-zero locations, where the norm's gradient is unbounded; fine-tuning a
+    # backbone through it collapsed a real run, so the weights a_l act as constants:
+    # d/dx_l of v · mean_l(x_l a_l HW) is a_l v.
+    x = _feature_maps(seed=9)
+    x[:, 0, 0, :] = 0.0
+    x = tf.constant(x)
+    layer = pooling.SpatialAttention()
+    v = tf.constant(np.random.default_rng(3).normal(size=FEATURES[-1]).astype("float32"))
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        pooled = tf.reduce_mean(layer(x), axis=(1, 2))
+        objective = tf.reduce_sum(pooled * v)
+    gradient = tape.gradient(objective, x).numpy()
+    assert np.all(np.isfinite(gradient))
+    expected = layer.attention(x).numpy() * v.numpy()
+    np.testing.assert_allclose(gradient, expected, rtol=1e-4, atol=1e-7)
+
+
+def test_bilinear_heads_give_the_classifier_features_of_unit_mean_square():
+    config = ModelConfig(head="bilinear", bilinear_dim=512)
+    head = heads.build_head(FEATURES, 3, config)
+    features = keras.Model(head.input, head.get_layer("unit_scale").output)
+    out = features(_feature_maps(seed=10)).numpy()
+    np.testing.assert_allclose(np.mean(np.square(out), axis=1), 1.0, rtol=1e-4)
+
+
 def test_self_attention_starts_as_the_identity():
     layer = pooling.SelfAttention2D(reduction=8)
     x = _feature_maps(seed=8)

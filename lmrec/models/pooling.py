@@ -176,6 +176,12 @@ class SpatialAttention(layers.Layer):
     weights a_l (summing to 1). The output is x_l · a_l · H·W: a uniform map is
     left unchanged and GlobalAveragePooling after it gives the attention-weighted
     mean Σ a_l x_l, so strong, object-like regions count more than background.
+
+    The weights are a function of the features, not something to learn, so no
+    gradient flows through them (only through x_l): through the norm and the
+    z-score (1/std, and 1/‖x_l‖ at all-zero ReLU locations) it was unbounded,
+    and fine-tuning EfficientNet-Lite0 under this head collapsed to chance in
+    one epoch (lmrec.compare on vietnam_landmarks).
     """
 
     def __init__(self, epsilon: float = 1e-6, **kwargs):
@@ -185,7 +191,7 @@ class SpatialAttention(layers.Layer):
     def attention(self, inputs):
         """Weights [B, H, W, 1] over locations, summing to 1 per image."""
         x = ops.cast(inputs, "float32")
-        energy = ops.sqrt(ops.sum(ops.square(x), axis=-1, keepdims=True))  # [B, H, W, 1]
+        energy = ops.sqrt(ops.sum(ops.square(x), axis=-1, keepdims=True) + self.epsilon)
         mean = ops.mean(energy, axis=(1, 2), keepdims=True)
         std = ops.std(energy, axis=(1, 2), keepdims=True)
         z = (energy - mean) / (std + self.epsilon)
@@ -194,7 +200,7 @@ class SpatialAttention(layers.Layer):
         return weights / ops.sum(weights, axis=(1, 2), keepdims=True)
 
     def call(self, inputs):
-        weights = self.attention(inputs)
+        weights = ops.stop_gradient(self.attention(inputs))
         locations = ops.cast(ops.shape(inputs)[1] * ops.shape(inputs)[2], "float32")
         return inputs * ops.cast(weights * locations, inputs.dtype)
 
