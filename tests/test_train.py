@@ -111,16 +111,14 @@ def test_unknown_select_epoch_is_rejected(tmp_path):
 
 def test_arcface_run_evaluates_exports_and_reloads(tmp_path, demo_records):
     """--loss=subcenter_arcface through train, evaluate, export and model_dir.load."""
-    experiment = small_demo_config(
-        str(tmp_path),
-        data_dir=demo_records,
-        image_size=32,
-        epochs_frozen=0,
-        epochs_finetune=1,
-        steps_per_epoch=2,
-        batch_size=16,
+    experiment = _tiny(
+        tmp_path,
+        demo_records,
         loss="subcenter_arcface",
         subcenters=2,
+        evaluate_after=True,
+        export_after=True,
+        tensorboard_images=8,
     )
     result = train_and_evaluate(experiment, verbose=False)
     assert 0.0 <= result.metrics["accuracy"] <= 1.0 and np.isfinite(result.history[0]["loss"])
