@@ -172,7 +172,7 @@ def lr_find(config: ExperimentConfig, settings: LrFindConfig, verbose: bool = Tr
     stats = prepare.read_stats(data_dir)
     image_size = backbones.resolve_image_size(config.model.backbone, config.data.image_size)
     config = config.replace(data={"data_dir": data_dir, "image_size": image_size})
-    train_data, _, steps_per_epoch = train._datasets(config, stats, num_classes)
+    train_data, _, steps_per_epoch = train.datasets(config, stats, num_classes)
 
     keras.utils.set_random_seed(config.data.seed)
     strategy = distribute.get_strategy(config.train.strategy)
@@ -184,7 +184,7 @@ def lr_find(config: ExperimentConfig, settings: LrFindConfig, verbose: bool = Tr
         if verbose:
             print(f"Phase 1 first ({epochs_frozen} epoch(s)), as lmrec.train.", file=sys.stderr)
         with strategy.scope():
-            train._prepare_phase(
+            train.prepare_phase(
                 model, "frozen", config.train.lr_frozen, epochs_frozen, steps_per_epoch, config
             )
         model.fit(
@@ -192,7 +192,7 @@ def lr_find(config: ExperimentConfig, settings: LrFindConfig, verbose: bool = Tr
             epochs=epochs_frozen,
             steps_per_epoch=steps_per_epoch,
             shuffle=False,
-            verbose=train._verbosity() if verbose else 0,
+            verbose=train.fit_verbosity() if verbose else 0,
         )
 
     rates = learning_rates(settings)
@@ -201,7 +201,7 @@ def lr_find(config: ExperimentConfig, settings: LrFindConfig, verbose: bool = Tr
         train={"lr_schedule": "constant", "warmup_epochs": 0.0, "ema_momentum": 0.0}
     )
     with strategy.scope():
-        train._prepare_phase(model, phase, float(rates[0]), 1, len(rates), test_config)
+        train.prepare_phase(model, phase, float(rates[0]), 1, len(rates), test_config)
     if verbose:
         print(
             f"Range test of the {phase} phase: {len(rates)} steps, rate "

@@ -297,7 +297,7 @@ def train_class_counts(stats: dict, num_classes: int) -> list[int]:
     return counts
 
 
-def _datasets(config: ExperimentConfig, stats: dict, num_classes: int):
+def datasets(config: ExperimentConfig, stats: dict, num_classes: int):
     """Training (repeated, augmented, balanced) and validation datasets with one-hot labels.
 
     --balance=resample draws the training stream class-balanced; with
@@ -348,7 +348,7 @@ def _datasets(config: ExperimentConfig, stats: dict, num_classes: int):
     return train, val, steps
 
 
-def _prepare_phase(
+def prepare_phase(
     model, phase: str, learning_rate: float, epochs: int, steps_per_epoch: int, config
 ) -> None:
     """Sets what trains in this phase and compiles a fresh optimizer for it.
@@ -384,7 +384,8 @@ def _prepare_phase(
     )
 
 
-def _verbosity() -> int:
+def fit_verbosity() -> int:
+    """Keras fit verbosity: progress bars on a terminal, one line per epoch in logs."""
     return 1 if sys.stdout.isatty() else 2
 
 
@@ -417,7 +418,7 @@ def train_and_evaluate(
     run_files.write_run_files(model_dir, config, labels)
     num_classes = len(labels)
 
-    train_data, val_data, steps_per_epoch = _datasets(config, stats, num_classes)
+    train_data, val_data, steps_per_epoch = datasets(config, stats, num_classes)
     train_count = stats["totals"]["train"]
     batch_size = config.data.batch_size
 
@@ -481,7 +482,7 @@ def train_and_evaluate(
         if epochs <= 0:
             continue
         with strategy.scope():
-            _prepare_phase(model, phase, learning_rate, epochs, steps_per_epoch, config)
+            prepare_phase(model, phase, learning_rate, epochs, steps_per_epoch, config)
         count = freezing.count_parameters(model)
         parameters[phase] = {
             "trainable": count.trainable,
@@ -516,7 +517,7 @@ def train_and_evaluate(
             steps_per_epoch=steps_per_epoch,
             callbacks=phase_callbacks,
             shuffle=False,  # The pipeline shuffles; Keras cannot shuffle a tf.data.Dataset.
-            verbose=_verbosity() if verbose else 0,
+            verbose=fit_verbosity() if verbose else 0,
         )
         epoch += len(fitted.epoch)
         if len(fitted.epoch) < epochs:

@@ -272,7 +272,7 @@ def test_class_weights_reach_the_training_batches(tmp_path, demo_records):
             entry["train"] //= 4
     counts = train_module.train_class_counts(stats, num_classes)
     expected = pipeline.class_weights(counts)
-    train, val, _ = train_module._datasets(experiment, stats, num_classes)
+    train, val, _ = train_module.datasets(experiment, stats, num_classes)
     images, labels, sample_weights = next(iter(train))
     np.testing.assert_allclose(
         sample_weights.numpy(), expected[np.argmax(labels.numpy(), axis=1)], rtol=1e-6

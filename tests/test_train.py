@@ -180,7 +180,7 @@ def test_float16_compiles_with_loss_scaling_and_jit_compile_follows_the_flag(tmp
     experiment = small_demo_config(str(tmp_path), jit_compile=jit_compile)
     with performance.dtype_policy(performance.dtype_policy_name("float16")):
         model = classifier.build_classifier(experiment.model, 4, 32)
-    train_module._prepare_phase(model, "frozen", 1e-3, 1, 1, experiment)
+    train_module.prepare_phase(model, "frozen", 1e-3, 1, 1, experiment)
     assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
     assert model.jit_compile is (jit_compile == "true")
     assert keras.mixed_precision.global_policy().name == "float32"
