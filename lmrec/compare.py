@@ -88,7 +88,7 @@ def entry_name(config: ExperimentConfig) -> str:
     from lmrec.models import backbones
 
     model = config.model
-    parts = [model.backbone, model.head, getattr(model, "loss", "softmax")]
+    parts = [model.backbone, model.head, model.loss]
     if not backbones.uses_pretrained_weights(model.weights):
         parts.append("scratch")
     return "_".join(parts)
@@ -144,7 +144,7 @@ def row_from_result(entry: Entry, result, seconds: float) -> dict:
         "backbone": model.backbone,
         "weights": model.weights or "none",
         "head": model.head,
-        "loss": getattr(model, "loss", "softmax"),
+        "loss": model.loss,
         "image_size": backbones.resolve_image_size(model.backbone, entry.config.data.image_size),
         "params_trainable": parameters.get("trainable"),
         "params_non_trainable": parameters.get("non_trainable"),
