@@ -96,6 +96,7 @@ class TrainConfig:
     restart_epochs: float = 1.0  # cosine_restarts: length of the first cycle
     restart_multiplier: float = 2.0  # cosine_restarts: each cycle is this many times longer
     warmup_epochs: float = 0.0  # phase 2 starts with a linear warm-up from 0 over this many
+    layer_lr_ratio: float = 1.0  # phase 2: the backbone's first layer's rate / lr_finetune
     optimizer: str = "adam"  # adam | adamw | rmsprop | sgd (Nesterov)
     momentum: float = 0.9  # sgd's momentum
     weight_decay: float = 0.0  # decoupled weight decay for adamw and sgd

@@ -219,6 +219,14 @@ FLAG_TABLE: tuple[tuple[type, str, str], ...] = (
     ),
     (
         TrainConfig,
+        "layer_lr_ratio",
+        "Phase 2 discriminative learning rates (fastai's slice(lo, hi), layer-wise decay): the "
+        "backbone's first layer trains at this fraction of --lr_finetune, rising geometrically "
+        "with depth to the full rate at its top and in the head; in (0, 1], 1: one rate for "
+        "all. E.g. 0.03 with a 3x higher --lr_finetune.",
+    ),
+    (
+        TrainConfig,
         "unfreeze_from",
         "Phase 2 unfreezes the backbone from this layer name (or name prefix, e.g. block13) to "
         "the top; empty: the whole backbone. BatchNorm of pretrained backbones stays frozen.",

@@ -181,6 +181,7 @@ def check(train: TrainConfig) -> None:
         ("restart_epochs", train.restart_epochs > 0, "> 0"),
         ("restart_multiplier", train.restart_multiplier >= 1.0, ">= 1"),
         ("warmup_epochs", train.warmup_epochs >= 0, ">= 0"),
+        ("layer_lr_ratio", 0.0 < train.layer_lr_ratio <= 1.0, "in (0, 1]"),
     )
     for flag, ok, allowed in ranges:
         if not ok:
@@ -192,12 +193,69 @@ def check(train: TrainConfig) -> None:
         )
 
 
+class _LayerRates:
+    """Mixin: each variable's step uses the learning rate times its factor in lr_factors.
+
+    Keras optimizers take one learning rate; discriminative fine-tuning (fastai's
+    slice(lo, hi), ULMFiT, layer-wise decay in BEiT/ViT fine-tuning) needs one per
+    layer. Scaling the rate handed to update_step works for every optimizer (scaling
+    the gradient would not: Adam and RMSprop divide its scale out).
+    """
+
+    lr_factors: dict[str, float] = {}
+
+    def build(self, variables):
+        super().build(variables)
+        # A tuple, so Keras' attribute tracking leaves it alone.
+        self._factor_by_index = tuple(self.lr_factors.get(v.path, 1.0) for v in variables)
+
+    def update_step(self, gradient, variable, learning_rate):
+        factor = self._factor_by_index[self._get_variable_index(variable)]
+        if factor != 1.0:
+            learning_rate = ops.multiply(learning_rate, factor)
+        return super().update_step(gradient, variable, learning_rate)
+
+
+_LAYERWISE_CLASSES: dict[type, type] = {}
+
+
+def _with_layer_rates(optimizer, factors: dict[str, float]):
+    base = type(optimizer)
+    if base not in _LAYERWISE_CLASSES:
+        _LAYERWISE_CLASSES[base] = type(f"Layerwise{base.__name__}", (_LayerRates, base), {})
+    optimizer.__class__ = _LAYERWISE_CLASSES[base]
+    optimizer.lr_factors = dict(factors)
+    return optimizer
+
+
+def layer_rate_factors(backbone: keras.Model, ratio: float) -> dict[str, float]:
+    """Learning-rate factors for a backbone's variables, ratio at its first layer, ~1 at its top.
+
+    Layers with weights, in the backbone's order, get ratio ** (1 - i / n) for
+    the i-th of n: the rate grows geometrically with depth, since early layers hold
+    generic features (edges, textures) worth keeping and later ones the ImageNet-specific
+    ones worth changing. Variables not listed (the head) keep factor 1.
+
+    Args:
+      backbone: the (nested) backbone model.
+      ratio: factor of the first layer, in (0, 1]; 1 gives every layer the same rate.
+    """
+    weighted = [layer for layer in backbone.layers if layer.weights]
+    factors: dict[str, float] = {}
+    for index, layer in enumerate(weighted):
+        factor = ratio ** (1.0 - index / len(weighted))
+        for variable in layer.weights:
+            factors[variable.path] = factor
+    return factors
+
+
 def build(
     train: TrainConfig,
     learning_rate: float,
     total_steps: int,
     steps_per_epoch: int,
     warmup_epochs: float = 0.0,
+    lr_factors: dict[str, float] | None = None,
 ) -> keras.optimizers.Optimizer:
     """A fresh optimizer for one phase of total_steps steps.
 
@@ -208,7 +266,10 @@ def build(
       total_steps: steps in the phase (the schedule's length).
       steps_per_epoch: turns the schedule's epoch lengths into steps.
       warmup_epochs: linear warm-up at the start of the phase; 0 for none.
+      lr_factors: variable path -> factor on the learning rate (layer_rate_factors);
+        None or empty: one rate for all.
     """
     rate = schedule(train, learning_rate, total_steps, steps_per_epoch, warmup_epochs)
     ema = {"use_ema": train.ema_momentum > 0, "ema_momentum": train.ema_momentum or 0.99}
-    return _lookup(OPTIMIZERS, train.optimizer, "optimizer")(train, rate, **ema)
+    optimizer = _lookup(OPTIMIZERS, train.optimizer, "optimizer")(train, rate, **ema)
+    return _with_layer_rates(optimizer, lr_factors) if lr_factors else optimizer

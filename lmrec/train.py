@@ -367,13 +367,18 @@ def prepare_phase(
             freeze_layers=config.train.freeze_layers,
         )
     num_classes = model.output.shape[-1]
+    finetune = phase == "finetune"
+    lr_factors = None
+    if finetune and config.train.layer_lr_ratio < 1.0:
+        lr_factors = optimizers.layer_rate_factors(model.backbone, config.train.layer_lr_ratio)
     model.compile(
         optimizer=optimizers.build(
             config.train,
             learning_rate,
             epochs * steps_per_epoch,
             steps_per_epoch,
-            warmup_epochs=config.train.warmup_epochs if phase == "finetune" else 0.0,
+            warmup_epochs=config.train.warmup_epochs if finetune else 0.0,
+            lr_factors=lr_factors,
         ),
         loss=losses.build(config),
         metrics=[

@@ -138,6 +138,8 @@ def test_unknown_names_list_the_valid_ones():
         ({"restart_multiplier": 0.5}, "--restart_multiplier"),
         ({"warmup_epochs": -0.5}, "--warmup_epochs"),
         ({"warmup_epochs": 5, "epochs_finetune": 5}, "--warmup_epochs=5.*--epochs_finetune=5"),
+        ({"layer_lr_ratio": 0.0}, "--layer_lr_ratio"),
+        ({"layer_lr_ratio": 1.5}, "--layer_lr_ratio"),
     ],
 )
 def test_bad_values_name_the_flag(values, flag):
@@ -152,3 +154,43 @@ def test_a_warmed_up_schedule_trains_in_a_compiled_step():
     model.fit(keras.ops.ones((8, 3)), keras.ops.zeros((8, 2)), batch_size=2, verbose=0)
     # 4 of the 10 warm-up steps done: the rate the next step uses is 0.1 * 4 / 10.
     assert float(model.optimizer.learning_rate) == pytest.approx(0.04)
+
+
+def _three_dense_layers() -> keras.Model:
+    return keras.Sequential(
+        [keras.Input((3,)), keras.layers.Dense(4), keras.layers.Dense(4), keras.layers.Dense(2)]
+    )
+
+
+def test_layer_rate_factors_rise_geometrically_from_the_ratio():
+    factors = optimizers.layer_rate_factors(_three_dense_layers(), 0.01)
+    per_layer = sorted(set(factors.values()))
+    # Three layers: 0.01 ** (1, 2/3, 1/3); kernel and bias of a layer share a factor.
+    assert per_layer == pytest.approx([0.01, 0.01 ** (2 / 3), 0.01 ** (1 / 3)])
+    assert len(factors) == 6
+
+
+def _first_step_change(train: TrainConfig, first_kernel_factor: float | None) -> list:
+    keras.utils.set_random_seed(3)
+    model = _three_dense_layers()
+    factors = None
+    if first_kernel_factor is not None:
+        factors = {model.trainable_weights[0].path: first_kernel_factor}
+    model.compile(optimizers.build(train, 0.1, 10, 10, lr_factors=factors), loss="mse")
+    before = [w.numpy().copy() for w in model.trainable_weights]
+    x = keras.random.normal((8, 3), seed=1)
+    model.fit(x, keras.ops.ones((8, 2)), batch_size=8, epochs=1, verbose=0)
+    return [w.numpy() - b for w, b in zip(model.trainable_weights, before)]
+
+
+@pytest.mark.parametrize("name", sorted(optimizers.OPTIMIZERS))
+def test_layer_factors_scale_each_variables_step_for_every_optimizer(name):
+    # A first step is linear in the learning rate for all four optimizers, so a
+    # variable with factor f must move exactly f times as far as without factors.
+    train = TrainConfig(optimizer=name, momentum=0.0)
+    plain = _first_step_change(train, None)
+    scaled = _first_step_change(train, 0.25)
+    assert abs(plain[0]).max() > 0
+    assert scaled[0] == pytest.approx(0.25 * plain[0], rel=1e-4, abs=1e-7)
+    for before, after in zip(plain[1:], scaled[1:]):
+        assert after == pytest.approx(before, rel=1e-5, abs=1e-8)
