@@ -108,6 +108,8 @@ class TrainConfig:
     mixed_precision: str = "none"  # none | auto (float16 on a GPU) | float16 | bfloat16
     jit_compile: str = "auto"  # auto (Keras decides: never on CPU-only machines) | true | false
     steps_per_epoch: int = 0  # 0: one pass over the training shards.
+    checkpoint_every_steps: int = 0  # resume checkpoints within epochs, every N steps (0: off)
+    checkpoint_every_seconds: float = 600.0  # ... and at least this often (0: off)
     early_stopping_patience: int = 0  # 0: off; else epochs without improvement, per phase
     early_stopping_metric: str = "val_accuracy"  # [val_]loss | [val_]accuracy | [val_]top5
     tensorboard_images: int = 8  # validation photos drawn with their predictions each epoch

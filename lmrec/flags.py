@@ -282,6 +282,19 @@ FLAG_TABLE: tuple[tuple[type, str, str], ...] = (
     (TrainConfig, "steps_per_epoch", "Training steps per epoch; 0: one pass over the data."),
     (
         TrainConfig,
+        "checkpoint_every_steps",
+        "Besides every epoch end, save the resume checkpoint (model_dir/resume: weights, "
+        "optimizer state, position) every N training steps; 0: off. A killed run started "
+        "again with the same command continues from the last one.",
+    ),
+    (
+        TrainConfig,
+        "checkpoint_every_seconds",
+        "Save the resume checkpoint within an epoch at least this often (seconds); 0: only "
+        "at epoch ends and per --checkpoint_every_steps.",
+    ),
+    (
+        TrainConfig,
         "early_stopping_patience",
         "End a phase after this many epochs without improvement of --early_stopping_metric "
         "(phase 1 then moves on to phase 2); 0: off. --select_epoch still picks the weights.",

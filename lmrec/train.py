@@ -9,9 +9,7 @@ Notebooks call train_and_evaluate(config) directly.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import math
 import os
 import sys
@@ -22,7 +20,8 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from lmrec import atomic, distribute, losses, optimizers, performance, plots
+from lmrec import callbacks as callbacks_lib
+from lmrec import distribute, losses, optimizers, performance, plots, resume
 from lmrec import model_dir as run_files
 from lmrec.config import ExperimentConfig
 from lmrec.data import augment, pipeline, prepare, records
@@ -44,6 +43,9 @@ class TrainResult:
     parameters: dict[str, dict[str, int]] = field(default_factory=dict)
     # Phases that early stopping ended, with the last epoch they ran (1-based, as in history).
     stopped_early: dict[str, int] = field(default_factory=dict)
+    # Optimizer steps each phase took (a resumed run counts the steps before its kill).
+    steps: dict[str, int] = field(default_factory=dict)
+    resumed: bool = False  # continued from a checkpoint in model_dir
     metrics: dict[str, Any] | None = None
     export_path: str | None = None
     seconds: float = 0.0
@@ -57,131 +59,9 @@ class TrainResult:
         return totals
 
 
-class _HistoryWriter(keras.callbacks.Callback):
-    """Rewrites history.csv atomically after every epoch, tagging each row with its phase."""
-
-    def __init__(self, path: str, rows: list[dict[str, Any]]):
-        super().__init__()
-        self.path = path
-        self.rows = rows
-        self.phase = ""
-        self._epoch_started = 0.0
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._epoch_started = time.time()
-
-    def on_epoch_end(self, epoch, logs=None):
-        row = {"epoch": epoch + 1, "phase": self.phase}
-        row.update({k: float(v) for k, v in (logs or {}).items()})
-        row["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
-        row["seconds"] = round(time.time() - self._epoch_started, 2)
-        self.rows.append(row)
-        columns: list[str] = []
-        for r in self.rows:
-            columns.extend(k for k in r if k not in columns)
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(self.rows)
-        atomic.write_text(self.path, buffer.getvalue())
-
-
-SELECT_EPOCH = ("best", "last")
-
-
-class _AtomicCheckpoint(keras.callbacks.Callback):
-    """Saves last.weights.h5 every epoch and best.weights.h5 on improvement, never half-written.
-
-    best.weights.h5 is the selected model that evaluate and export load. Improvement
-    is a higher accuracy, or the same accuracy at a lower loss: on small validation
-    sets accuracy ties often, and the later, lower-loss epoch is the better model.
-    With select="last" every epoch counts as an improvement.
-    """
-
-    def __init__(self, model_dir: str, monitor: str, select: str = "best"):
-        super().__init__()
-        self.model_dir = model_dir
-        self.monitor = monitor
-        self.select_last = select == "last"
-        self.tie_breaker = monitor.replace("accuracy", "loss")
-        self.best: float | None = None
-        self.best_loss = float("inf")
-        self.best_epoch: int | None = None
-
-    def on_epoch_end(self, epoch, logs=None):
-        self._save(run_files.LAST_WEIGHTS)
-        logs = logs or {}
-        value = logs.get(self.monitor)
-        if value is None:
-            return
-        loss = float(logs.get(self.tie_breaker, float("inf")))
-        improved = (
-            self.best is None or value > self.best or (value == self.best and loss < self.best_loss)
-        )
-        if improved or self.select_last:
-            self.best, self.best_loss, self.best_epoch = float(value), loss, epoch + 1
-            self._save(run_files.BEST_WEIGHTS)
-
-    def _save(self, relative: str) -> None:
-        path = os.path.join(self.model_dir, relative)
-        with atomic.replacing(path) as tmp:
-            self.model.save_weights(tmp)
-
-
-# --early_stopping_metric: what fit logs (each also with "val_"), and which way is better.
-EARLY_STOPPING_MODES = {"loss": "min", "accuracy": "max", "top5": "max"}
-
-
-def early_stopping_mode(metric: str) -> str:
-    """The better direction, max or min, of --early_stopping_metric; checked before training.
-
-    Raises:
-      UserError: not a metric that training logs.
-    """
-    mode = EARLY_STOPPING_MODES.get(metric.removeprefix("val_"))
-    if mode is None:
-        valid = [*EARLY_STOPPING_MODES, *(f"val_{name}" for name in EARLY_STOPPING_MODES)]
-        raise UserError(f"Unknown --early_stopping_metric={metric!r}; valid: {', '.join(valid)}")
-    return mode
-
-
-class _SamplePredictions(keras.callbacks.Callback):
-    """After each epoch, draws a few validation photos with their predictions into TensorBoard.
-
-    The photos are read once through the evaluation pipeline (same decode and
-    resize) but without the backbone's normalization, so they display as photos;
-    the model gets them normalized. They go to their own run, logs/samples:
-    TensorBoard expects one writer per folder, and Keras' writers own logs/train
-    and logs/validation.
-    """
-
-    def __init__(self, log_dir: str, images, labels, class_names: list[str], preprocess):
-        super().__init__()
-        self.writer = tf.summary.create_file_writer(log_dir)
-        self.images = images
-        self.labels = labels.numpy()
-        self.class_names = class_names
-        self.preprocess = preprocess
-
-    def on_epoch_end(self, epoch, logs=None):
-        probabilities = keras.ops.convert_to_numpy(
-            self.model(self.preprocess(self.images), training=False)
-        )
-        predicted = probabilities.argmax(axis=-1)
-        png = plots.prediction_grid_png(
-            tf.cast(self.images, tf.uint8).numpy(),
-            [self.class_names[i] for i in self.labels],
-            [self.class_names[i] for i in predicted],
-            probabilities.max(axis=-1).tolist(),
-        )
-        with self.writer.as_default():
-            tf.summary.image("sample_predictions", tf.image.decode_png(png, 3)[None], step=epoch)
-        self.writer.flush()
-
-
 def _sample_predictions(
     config: ExperimentConfig, class_names: list[str], model_dir: str
-) -> _SamplePredictions:
+) -> callbacks_lib.SamplePredictions:
     """The callback for the first --tensorboard_images photos of the (shuffled) val split."""
     dataset = pipeline.make_dataset(
         records.shard_pattern(config.data.data_dir, "val"),
@@ -193,7 +73,7 @@ def _sample_predictions(
     images, labels = next(iter(dataset))
     spec = backbones.get_spec(config.model.backbone)
     log_dir = os.path.join(model_dir, run_files.LOGS_DIR, "samples")
-    return _SamplePredictions(log_dir, images, labels, class_names, spec.preprocess)
+    return callbacks_lib.SamplePredictions(log_dir, images, labels, class_names, spec.preprocess)
 
 
 def ensure_data(config: ExperimentConfig, verbose: bool = True) -> str:
@@ -250,11 +130,11 @@ def validate(config: ExperimentConfig) -> None:
     distribute.get_factory(config.train.strategy)
     performance.dtype_policy_name(config.train.mixed_precision)
     performance.jit_compile(config.train.jit_compile)
-    early_stopping_mode(config.train.early_stopping_metric)
+    callbacks_lib.early_stopping_mode(config.train.early_stopping_metric)
     optimizers.check(config.train)
-    if config.train.select_epoch not in SELECT_EPOCH:
+    if config.train.select_epoch not in callbacks_lib.SELECT_EPOCH:
         raise UserError(
-            f"--select_epoch must be one of {', '.join(SELECT_EPOCH)}, "
+            f"--select_epoch must be one of {', '.join(callbacks_lib.SELECT_EPOCH)}, "
             f"got {config.train.select_epoch!r}"
         )
     if not 0.0 <= config.train.ema_momentum < 1.0:
@@ -389,6 +269,109 @@ def prepare_phase(
     )
 
 
+def _fit_phase(
+    model,
+    train_data,
+    val_data,
+    callbacks: list,
+    config: ExperimentConfig,
+    model_dir: str,
+    state: resume.State,
+    checkpoint: callbacks_lib.AtomicCheckpoint,
+    stopping_metric: str,
+    phase_end: int,
+    start: tuple[int, int],
+    steps_per_epoch: int,
+    verbose: bool,
+    continuing: bool = False,
+) -> int:
+    """Trains one phase from `start` (epoch, step) to epoch phase_end; returns the epoch reached.
+
+    A phase resumed mid-epoch runs as two fits: the steps left in that epoch, then
+    the remaining epochs (Keras' fit starts epochs, not steps). The callbacks that
+    carry state across fits (early stopping, EMA swapping, the resume checkpoint) are
+    made here, once per phase, from the saved state when `continuing` a phase that
+    was under way.
+    """
+    start_epoch, start_step = start
+    phase_callbacks = list(callbacks)
+    swap = None
+    if config.train.ema_momentum > 0:
+        # First, so the checkpoint and the validation see the averaged weights.
+        swap = keras.callbacks.SwapEMAWeights(swap_on_epoch=True)
+        # Saved at an epoch end with the average swapped in: swap back before training on.
+        swap._ema_weights_in_model = state.ema_in_model and start_step == 0 and continuing
+        phase_callbacks.insert(0, swap)
+    stopper = None
+    if config.train.early_stopping_patience:
+        # Only ends the phase: the checkpoint, per --select_epoch, keeps the weights.
+        stopper = callbacks_lib.ResumableEarlyStopping(
+            monitor=stopping_metric,
+            mode=callbacks_lib.early_stopping_mode(stopping_metric),
+            patience=config.train.early_stopping_patience,
+            initial=state.early_stopping if continuing else None,
+        )
+        phase_callbacks.append(stopper)
+
+    def collect(saved: resume.State) -> None:
+        saved.best = {
+            "value": checkpoint.best,
+            "loss": checkpoint.best_loss,
+            "epoch": checkpoint.best_epoch,
+        }
+        saved.early_stopping = stopper.state() if stopper else {}
+        saved.ema_in_model = bool(swap and swap._ema_weights_in_model)
+        if saved.phase_done:
+            saved.phase_end_epochs[saved.phase] = saved.epoch
+            if saved.epoch < phase_end:
+                saved.stopped_early[saved.phase] = saved.epoch
+
+    saver = callbacks_lib.ResumeCheckpoint(
+        model_dir,
+        state,
+        collect,
+        phase_end=phase_end,
+        every_steps=config.train.checkpoint_every_steps,
+        every_seconds=config.train.checkpoint_every_seconds,
+        step_offset=start_step,
+    )
+    phase_callbacks.append(saver)  # Last: it saves what the others decided.
+    fits = [(start_epoch, start_epoch + 1, steps_per_epoch - start_step)] if start_step else []
+    first_full = start_epoch + 1 if start_step else start_epoch
+    if first_full < phase_end:
+        fits.append((first_full, phase_end, steps_per_epoch))
+    for initial_epoch, end_epoch, steps in fits:
+        model.fit(
+            train_data,
+            validation_data=val_data,
+            initial_epoch=initial_epoch,
+            epochs=end_epoch,
+            steps_per_epoch=steps,
+            callbacks=phase_callbacks,
+            shuffle=False,  # The pipeline shuffles; Keras cannot shuffle a tf.data.Dataset.
+            verbose=fit_verbosity() if verbose else 0,
+        )
+        if model.stop_training:
+            break
+    return state.epoch
+
+
+def _resume_message(model_dir: str, state: resume.State) -> str:
+    where = os.path.join(model_dir, resume.STATE_FILE)
+    if state.complete:
+        return (
+            f"Training in {model_dir} already finished ({where}); evaluating and exporting "
+            f"only. Delete {os.path.join(model_dir, resume.RESUME_DIR)} to train it again."
+        )
+    position = f"epoch {state.epoch + 1}" + (f", step {state.step + 1}" if state.step else "")
+    if state.phase_done:
+        position = f"the end of phase {state.phase} (epoch {state.epoch})"
+    return (
+        f"Resuming the run in {model_dir} from its checkpoint at {position} "
+        f"({state.global_step} steps done); the data is reshuffled from there."
+    )
+
+
 def fit_verbosity() -> int:
     """Keras fit verbosity: progress bars on a terminal, one line per epoch in logs."""
     return 1 if sys.stdout.isatty() else 2
@@ -420,14 +403,29 @@ def train_and_evaluate(
         data={"data_dir": data_dir, "image_size": image_size},
         train={"model_dir": model_dir},
     )
+    state = resume.read(model_dir)
+    if state is not None and state.complete and resume.differences(model_dir, config, labels):
+        # A finished run is not mixed with anything: the new settings train anew over it.
+        if verbose:
+            print(
+                f"{model_dir} holds a finished run with other classes or settings: training anew.",
+                file=sys.stderr,
+            )
+        resume.discard(model_dir)
+        state = None
+    elif state is not None and not state.complete:
+        resume.check_matches(model_dir, config, labels)
     run_files.write_run_files(model_dir, config, labels)
     num_classes = len(labels)
 
-    train_data, val_data, steps_per_epoch = datasets(config, stats, num_classes)
+    data_config = config
+    if state is not None and not state.complete:
+        data_config = config.replace(data={"seed": resume.resumed_seed(config.data.seed, state)})
+    train_data, val_data, steps_per_epoch = datasets(data_config, stats, num_classes)
     train_count = stats["totals"]["train"]
     batch_size = config.data.batch_size
 
-    keras.utils.set_random_seed(config.data.seed)
+    keras.utils.set_random_seed(data_config.data.seed)
     strategy = distribute.get_strategy(config.train.strategy)
     policy = performance.dtype_policy_name(config.train.mixed_precision)
     for warning in performance.warnings_for(
@@ -437,12 +435,20 @@ def train_and_evaluate(
     # Layers take the global dtype policy when built; compile() adds loss scaling for float16.
     with strategy.scope(), performance.dtype_policy(policy):
         model = classifier.build_classifier(config.model, num_classes, image_size)
+    resume.check_free_space(model_dir, model)
 
-    history: list[dict[str, Any]] = []
-    parameters: dict[str, dict[str, int]] = {}
+    resuming = state is not None
+    state = state or resume.State()
+    history = state.history
     monitor = "val_accuracy" if val_data is not None else "accuracy"
-    checkpoint = _AtomicCheckpoint(model_dir, monitor, config.train.select_epoch)
-    history_writer = _HistoryWriter(os.path.join(model_dir, run_files.HISTORY_CSV), history)
+    checkpoint = callbacks_lib.AtomicCheckpoint(model_dir, monitor, config.train.select_epoch)
+    if state.best:
+        checkpoint.best = state.best["value"]
+        checkpoint.best_loss = state.best["loss"]
+        checkpoint.best_epoch = state.best["epoch"]
+    history_writer = callbacks_lib.HistoryWriter(
+        os.path.join(model_dir, run_files.HISTORY_CSV), history
+    )
     callbacks = [
         history_writer,
         checkpoint,
@@ -464,6 +470,8 @@ def train_and_evaluate(
             f"{steps_per_epoch} steps per epoch, {policy} dtype policy.",
             file=sys.stderr,
         )
+        if resuming:
+            print(_resume_message(model_dir, state), file=sys.stderr)
         if config.train.early_stopping_patience:
             print(
                 f"Early stopping: a phase ends after {config.train.early_stopping_patience} "
@@ -482,14 +490,22 @@ def train_and_evaluate(
         ("finetune", config.train.epochs_finetune, config.train.lr_finetune),
     ]
     epoch = 0
-    stopped_early: dict[str, int] = {}
+    # A fresh run has nothing to restore; a resumed one loads its checkpoint once.
+    restored = not state.weights_file or state.complete
     for phase, epochs, learning_rate in phases:
-        if epochs <= 0:
+        if epochs <= 0 or state.complete:
             continue
+        if phase in state.phase_end_epochs:  # Finished before the run was resumed.
+            epoch = state.phase_end_epochs[phase]
+            continue
+        continuing = state.phase == phase and not state.phase_done and bool(state.weights_file)
         with strategy.scope():
             prepare_phase(model, phase, learning_rate, epochs, steps_per_epoch, config)
+            if not restored:
+                resume.restore(model, model_dir, state, with_optimizer=continuing)
+                restored = True
         count = freezing.count_parameters(model)
-        parameters[phase] = {
+        state.parameters[phase] = {
             "trainable": count.trainable,
             "non_trainable": count.non_trainable,
             "total": count.total,
@@ -500,39 +516,34 @@ def train_and_evaluate(
                 f"({config.train.lr_schedule}); {count}.",
                 file=sys.stderr,
             )
+        start_epoch, start_step = (state.epoch, state.step) if continuing else (epoch, 0)
+        state.phase, state.phase_done = phase, False
         history_writer.phase = phase
-        phase_callbacks = callbacks
-        if config.train.ema_momentum > 0:
-            # One per phase (each phase has a fresh optimizer); first, so the checkpoint and
-            # the validation see the averaged weights.
-            phase_callbacks = [keras.callbacks.SwapEMAWeights(swap_on_epoch=True), *callbacks]
-        if config.train.early_stopping_patience:
-            # Only ends the phase: the checkpoint, per --select_epoch, keeps the weights.
-            stopper = keras.callbacks.EarlyStopping(
-                monitor=stopping_metric,
-                mode=early_stopping_mode(stopping_metric),
-                patience=config.train.early_stopping_patience,
-            )
-            phase_callbacks = [*phase_callbacks, stopper]
-        fitted = model.fit(
+        phase_start = epoch
+        epoch = _fit_phase(
+            model,
             train_data,
-            validation_data=val_data,
-            initial_epoch=epoch,
-            epochs=epoch + epochs,
+            val_data,
+            callbacks,
+            config,
+            model_dir,
+            state,
+            checkpoint,
+            stopping_metric,
+            phase_end=epoch + epochs,
+            start=(start_epoch, start_step),
             steps_per_epoch=steps_per_epoch,
-            callbacks=phase_callbacks,
-            shuffle=False,  # The pipeline shuffles; Keras cannot shuffle a tf.data.Dataset.
-            verbose=fit_verbosity() if verbose else 0,
+            verbose=verbose,
+            continuing=continuing,
         )
-        epoch += len(fitted.epoch)
-        if len(fitted.epoch) < epochs:
-            stopped_early[phase] = epoch
-            if verbose:
-                print(
-                    f"Early stopping: phase {phase} ended after epoch {epoch}, "
-                    f"{len(fitted.epoch)} of {epochs}.",
-                    file=sys.stderr,
-                )
+        if phase in state.stopped_early and verbose:
+            print(
+                f"Early stopping: phase {phase} ended after epoch {epoch}, "
+                f"{epoch - phase_start} of {epochs}.",
+                file=sys.stderr,
+            )
+    if not state.complete:
+        resume.mark_complete(model_dir, state)
     plots.training_curves_png(history, os.path.join(model_dir, run_files.CURVES_PNG))
 
     result = TrainResult(
@@ -542,8 +553,10 @@ def train_and_evaluate(
         best_metric=monitor,
         best_value=checkpoint.best,
         history=history,
-        parameters=parameters,
-        stopped_early=stopped_early,
+        parameters=state.parameters,
+        stopped_early=state.stopped_early,
+        steps=dict(state.steps),
+        resumed=resuming,
     )
     if config.train.evaluate_after and val_data is None and not config.evaluate.data:
         print(

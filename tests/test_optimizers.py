@@ -180,7 +180,7 @@ def _first_step_change(train: TrainConfig, first_kernel_factor: float | None) ->
     before = [w.numpy().copy() for w in model.trainable_weights]
     x = keras.random.normal((8, 3), seed=1)
     model.fit(x, keras.ops.ones((8, 2)), batch_size=8, epochs=1, verbose=0)
-    return [w.numpy() - b for w, b in zip(model.trainable_weights, before)]
+    return [w.numpy() - b for w, b in zip(model.trainable_weights, before, strict=True)]
 
 
 @pytest.mark.parametrize("name", sorted(optimizers.OPTIMIZERS))
@@ -192,5 +192,5 @@ def test_layer_factors_scale_each_variables_step_for_every_optimizer(name):
     scaled = _first_step_change(train, 0.25)
     assert abs(plain[0]).max() > 0
     assert scaled[0] == pytest.approx(0.25 * plain[0], rel=1e-4, abs=1e-7)
-    for before, after in zip(plain[1:], scaled[1:]):
+    for before, after in zip(plain[1:], scaled[1:], strict=True):
         assert after == pytest.approx(before, rel=1e-5, abs=1e-8)

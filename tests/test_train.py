@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from lmrec import config, performance
+from lmrec import callbacks, config, performance
 from lmrec import model_dir as run_files
 from lmrec import train as train_module
 from lmrec.data import records
@@ -91,7 +91,7 @@ def test_unwritable_model_dir_fails_at_once(tmp_path):
 @pytest.mark.parametrize("select, kept_epoch", [("best", 1), ("last", 2)])
 def test_select_epoch_decides_which_weights_are_kept(tmp_path, select, kept_epoch):
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1, use_bias=False)])
-    saved = train_module._AtomicCheckpoint(str(tmp_path), "val_accuracy", select)
+    saved = callbacks.AtomicCheckpoint(str(tmp_path), "val_accuracy", select)
     saved.set_model(model)
     kernels = {}
     for epoch, accuracy in ((1, 0.9), (2, 0.8)):

@@ -1,0 +1,260 @@
+"""A killed run resumes from its last checkpoint and trains exactly the steps that were left."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import keras
+import pytest
+
+from lmrec import callbacks, resume
+from lmrec import model_dir as run_files
+from lmrec.errors import UserError
+from lmrec.train import train_and_evaluate
+from tests.conftest import REPO, small_demo_config
+
+STEPS_PER_EPOCH = 6
+FROZEN_EPOCHS, FINETUNE_EPOCHS = 1, 2
+EXPECTED_STEPS = {"frozen": STEPS_PER_EPOCH * FROZEN_EPOCHS, "finetune": 2 * STEPS_PER_EPOCH}
+
+
+def _settings(demo_records, **overrides) -> dict:
+    settings = dict(
+        data_dir=demo_records,
+        image_size=32,
+        epochs_frozen=FROZEN_EPOCHS,
+        epochs_finetune=FINETUNE_EPOCHS,
+        steps_per_epoch=STEPS_PER_EPOCH,
+        batch_size=8,
+        checkpoint_every_steps=1,
+        evaluate_after=False,
+        export_after=False,
+        tensorboard_images=0,
+    )
+    settings.update(overrides)
+    return settings
+
+
+def _config(tmp_path, demo_records, **overrides):
+    return small_demo_config(str(tmp_path), **_settings(demo_records, **overrides))
+
+
+class _Interrupt(Exception):
+    pass
+
+
+class _KillAt(keras.callbacks.Callback):
+    """Stands in for a kill: raises after global step `at`, once its checkpoint is saved."""
+
+    def __init__(self, at: int):
+        super().__init__()
+        self.at = at
+
+    def on_train_batch_end(self, batch, logs=None):
+        if int(self.model.optimizer.iterations) >= self.at:
+            raise _Interrupt
+
+
+def _history(model_dir: str) -> list[dict]:
+    with open(os.path.join(model_dir, run_files.HISTORY_CSV)) as f:
+        return list(csv.DictReader(f))
+
+
+def _leftovers(model_dir: str) -> list[str]:
+    return [
+        os.path.join(root, name)
+        for root, _, names in os.walk(model_dir)
+        for name in names
+        if name.startswith(".tmp-")
+    ]
+
+
+def test_interrupted_mid_epoch_resumes_with_the_same_steps_and_learning_rates(
+    tmp_path, demo_records, monkeypatch
+):
+    whole = train_and_evaluate(_config(tmp_path / "whole", demo_records), verbose=False)
+    assert whole.steps == EXPECTED_STEPS and not whole.resumed
+
+    config = _config(tmp_path / "killed", demo_records)
+    model_dir = config.train.model_dir
+    # Interrupt in phase 2's second epoch, after its step 3 (global step 6 + 6 + 3).
+    original_fit = keras.Model.fit
+
+    def fit_with_kill(self, *args, **kwargs):
+        if self.optimizer.iterations is not None and kwargs.get("initial_epoch", 0) >= 1:
+            kwargs["callbacks"] = [*kwargs["callbacks"], _KillAt(STEPS_PER_EPOCH + 3)]
+        return original_fit(self, *args, **kwargs)
+
+    monkeypatch.setattr(keras.Model, "fit", fit_with_kill)
+    with pytest.raises(_Interrupt):
+        train_and_evaluate(config, verbose=False)
+    monkeypatch.setattr(keras.Model, "fit", original_fit)
+    state = resume.read(model_dir)
+    assert (state.phase, state.epoch, state.step) == ("finetune", 2, 3)
+    assert state.steps == {"frozen": 6, "finetune": 9}
+
+    resumed = train_and_evaluate(config, verbose=False)
+    assert resumed.resumed
+    assert resumed.steps == whole.steps
+    assert [row["epoch"] for row in resumed.history] == [1, 2, 3]
+    # The schedule runs on the restored step counter: each epoch ends at the same rate.
+    rates = [float(row["learning_rate"]) for row in _history(model_dir)]
+    assert rates == pytest.approx(
+        [float(row["learning_rate"]) for row in _history(whole.model_dir)]
+    )
+    assert resume.read(model_dir).complete
+    assert not _leftovers(model_dir)
+    assert os.listdir(os.path.join(model_dir, resume.RESUME_DIR)) == ["state.json"]
+
+
+def test_a_finished_run_started_again_does_not_train_again(tmp_path, demo_records, capsys):
+    config = _config(tmp_path, demo_records, epochs_finetune=1)
+    first = train_and_evaluate(config, verbose=False)
+    again = train_and_evaluate(config, verbose=True)
+    assert again.resumed and again.steps == first.steps
+    assert [int(row["epoch"]) for row in _history(config.train.model_dir)] == [1, 2]
+    assert again.best_epoch == first.best_epoch
+    assert "already finished" in capsys.readouterr().err
+
+
+def _interrupted_run(tmp_path, demo_records, monkeypatch, **overrides):
+    config = _config(tmp_path, demo_records, **overrides)
+    original_fit = keras.Model.fit
+
+    def fit_with_kill(self, *args, **kwargs):
+        kwargs["callbacks"] = [*kwargs["callbacks"], _KillAt(2)]
+        return original_fit(self, *args, **kwargs)
+
+    monkeypatch.setattr(keras.Model, "fit", fit_with_kill)
+    with pytest.raises(_Interrupt):
+        train_and_evaluate(config, verbose=False)
+    monkeypatch.setattr(keras.Model, "fit", original_fit)
+    return config
+
+
+def test_resuming_with_other_classes_fails_at_once(tmp_path, demo_records, monkeypatch):
+    config = _interrupted_run(tmp_path, demo_records, monkeypatch)
+    labels_path = os.path.join(config.train.model_dir, "labels.json")
+    with open(labels_path) as f:
+        labels = json.load(f)
+    labels[0]["name"] = "Mount Rainier"
+    with open(labels_path, "w") as f:
+        json.dump(labels, f)
+    with pytest.raises(UserError, match=r"labels\.json; missing here: Mount Rainier"):
+        train_and_evaluate(config, verbose=False)
+
+
+def test_resuming_with_other_settings_lists_them(tmp_path, demo_records, monkeypatch):
+    config = _interrupted_run(tmp_path, demo_records, monkeypatch)
+    changed = _config(tmp_path, demo_records, lr_finetune=0.5, evaluate_after=True)
+    with pytest.raises(UserError, match=r"--lr_finetune: 0\.002 then, 0\.5 now") as error:
+        train_and_evaluate(changed, verbose=False)
+    assert "evaluate_after" not in str(error.value)
+    assert "delete" in str(error.value) and config.train.model_dir in str(error.value)
+
+
+def test_a_broken_state_file_names_itself(tmp_path, demo_records, monkeypatch):
+    config = _interrupted_run(tmp_path, demo_records, monkeypatch)
+    path = os.path.join(config.train.model_dir, resume.STATE_FILE)
+    with open(path, "w") as f:
+        f.write('{"phase": "fine')
+    with pytest.raises(UserError, match=r"Cannot read the resume state .*state\.json"):
+        train_and_evaluate(config, verbose=False)
+
+
+def test_a_full_disk_fails_before_training(tmp_path, demo_records, monkeypatch):
+    config = _config(tmp_path, demo_records)
+    usage = resume.shutil.disk_usage(str(tmp_path))
+    monkeypatch.setattr(resume.shutil, "disk_usage", lambda path: usage._replace(free=2**20))
+    with pytest.raises(UserError, match=r"Not enough free disk for --model_dir=.*1 MB free"):
+        train_and_evaluate(config, verbose=False)
+    assert not os.path.exists(os.path.join(config.train.model_dir, run_files.HISTORY_CSV))
+
+
+def test_a_stale_temp_file_from_a_kill_during_save_is_not_picked_up(
+    tmp_path, demo_records, monkeypatch
+):
+    config = _interrupted_run(tmp_path, demo_records, monkeypatch)
+    folder = os.path.join(config.train.model_dir, resume.RESUME_DIR)
+    state = resume.read(config.train.model_dir)
+    # What a kill inside save_weights leaves: a truncated temp file beside the real one.
+    with open(os.path.join(folder, ".tmp-abc-ckpt-000099.weights.h5"), "wb") as f:
+        f.write(b"\x89HDF\r\n")
+    assert resume.read(config.train.model_dir).weights_file == state.weights_file
+    assert train_and_evaluate(config, verbose=False).steps == EXPECTED_STEPS
+
+
+def test_early_stopping_patience_survives_a_resume():
+    stopper = callbacks.ResumableEarlyStopping(
+        monitor="loss", patience=3, initial={"wait": 2, "best": 0.5, "best_epoch": 4}
+    )
+    stopper.on_train_begin()
+    assert (stopper.wait, stopper.best, stopper.best_epoch) == (2, 0.5, 4)
+    stopper.wait = 3
+    stopper.on_train_begin()  # a second fit of the same phase keeps counting
+    assert stopper.state() == {"wait": 3, "best": 0.5, "best_epoch": 4}
+
+
+def test_sigkill_mid_epoch_then_the_same_command_resumes(
+    tmp_path, demo_records, env_for_subprocess
+):
+    settings = _settings(demo_records, epochs_finetune=3)
+    flags = [f"--{key}={value}" for key, value in settings.items()]
+    model_dir = str(tmp_path / "runs" / "demo")
+    command = [
+        sys.executable,
+        "-m",
+        "lmrec.train",
+        f"--flagfile={REPO / 'configs' / 'demo.cfg'}",
+        f"--output_dir={tmp_path}/tf_records",
+        f"--model_dir={model_dir}",
+        *flags,
+    ]
+    process = subprocess.Popen(
+        command, cwd=REPO, env=env_for_subprocess, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    state_path = os.path.join(model_dir, resume.STATE_FILE)
+    deadline = time.monotonic() + 300
+    killed_at = None
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            with open(state_path) as f:
+                saved = json.load(f)
+        except (OSError, ValueError):
+            saved = None
+        # Mid-epoch of phase 2, with steps of the run still to go.
+        if saved and saved["phase"] == "finetune" and saved["epoch"] >= 2 and saved["step"] > 0:
+            process.send_signal(signal.SIGKILL)
+            killed_at = saved
+            break
+        time.sleep(0.01)
+    process.wait(timeout=60)
+    assert killed_at is not None, (
+        f"the run ended (code {process.returncode}) before a mid-epoch checkpoint was seen: "
+        f"{process.stderr.read().decode()[-2000:]}"
+    )
+    assert process.returncode == -signal.SIGKILL
+
+    finished = subprocess.run(command, cwd=REPO, env=env_for_subprocess, capture_output=True)
+    assert finished.returncode == 0, finished.stderr.decode()[-3000:]
+    assert "Resuming the run" in finished.stderr.decode()
+    state = resume.read(model_dir)
+    assert state.complete
+    assert state.steps == {"frozen": 6, "finetune": 3 * STEPS_PER_EPOCH}
+    assert [int(row["epoch"]) for row in _history(model_dir)] == [1, 2, 3, 4]
+    assert not _leftovers(model_dir)
+
+
+def test_a_finished_run_with_new_settings_trains_anew(tmp_path, demo_records, capsys):
+    train_and_evaluate(_config(tmp_path, demo_records, epochs_finetune=1), verbose=False)
+    changed = train_and_evaluate(_config(tmp_path, demo_records, epochs_finetune=2), verbose=True)
+    assert not changed.resumed
+    assert changed.steps == {"frozen": 6, "finetune": 12}
+    assert "finished run with other classes or settings: training anew" in capsys.readouterr().err
+    assert [int(row["epoch"]) for row in _history(changed.model_dir)] == [1, 2, 3]
