@@ -227,7 +227,7 @@ class ResumeCheckpoint(keras.callbacks.Callback):
         from lmrec import resume
 
         self.state.epoch, self.state.step, self.state.phase_done = epoch, step, phase_done
-        self.state.steps[self.state.phase] = int(self.model.optimizer.iterations)
+        self.state.steps[self.state.phase] = int(self.model.optimizer.iterations.numpy())
         self.collect(self.state)
         resume.save(self.model_dir, self.model, self.state)
         self._last_save = time.monotonic()

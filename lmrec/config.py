@@ -104,7 +104,9 @@ class TrainConfig:
     select_epoch: str = "best"  # best (val accuracy) | last: the epoch evaluated and exported
     unfreeze_from: str = ""  # "" unfreezes the whole backbone in phase 2.
     freeze_layers: int = 0  # the first N backbone layers stay frozen in phase 2 (seed: 85)
-    strategy: str = "auto"
+    strategy: str = "auto"  # auto | default | mirrored | multi_worker (TF_CONFIG) | tpu
+    lr_scaling: str = "none"  # none | linear | sqrt: rates x replicas (or its root)
+    sync_batchnorm: bool = True  # with > 1 replica, BatchNorm statistics over the global batch
     mixed_precision: str = "none"  # none | auto (float16 on a GPU) | float16 | bfloat16
     jit_compile: str = "auto"  # auto (Keras decides: never on CPU-only machines) | true | false
     steps_per_epoch: int = 0  # 0: one pass over the training shards.

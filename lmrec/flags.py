@@ -120,7 +120,11 @@ FLAG_TABLE: tuple[tuple[type, str, str], ...] = (
     # data pipeline
     (DataConfig, "data_dir", "Prepared dataset folder (train-*/val-* shards)."),
     (DataConfig, "image_size", "Model input side in pixels; 0: backbone default."),
-    (DataConfig, "batch_size", "Global batch size (split across replicas)."),
+    (
+        DataConfig,
+        "batch_size",
+        "Photos per batch on each replica; training's global batch is this x replicas.",
+    ),
     (
         DataConfig,
         "augment",
@@ -242,7 +246,22 @@ FLAG_TABLE: tuple[tuple[type, str, str], ...] = (
         TrainConfig,
         "strategy",
         "tf.distribute strategy: auto (mirrored over GPUs if any, else default) | default | "
-        "mirrored.",
+        "mirrored (all local GPUs) | multi_worker (MultiWorkerMirroredStrategy over the "
+        "machines in the TF_CONFIG environment variable; start the same command on each) | "
+        "tpu (Colab/Cloud TPU; data on gs://). --batch_size is per replica.",
+    ),
+    (
+        TrainConfig,
+        "lr_scaling",
+        "How the learning rates follow the global batch (--batch_size x replicas): none | "
+        "linear (x replicas, Goyal et al.; for SGD) | sqrt (x sqrt(replicas); for Adam-type).",
+    ),
+    (
+        TrainConfig,
+        "sync_batchnorm",
+        "With more than one replica, BatchNorm layers that train compute their batch "
+        "statistics over the global batch (all replicas and workers), so every worker "
+        "ends with the same moving statistics; false: each replica uses its own slice.",
     ),
     (
         TrainConfig,

@@ -76,8 +76,11 @@ def _sample_predictions(
     return callbacks_lib.SamplePredictions(log_dir, images, labels, class_names, spec.preprocess)
 
 
-def ensure_data(config: ExperimentConfig, verbose: bool = True) -> str:
+def ensure_data(config: ExperimentConfig, verbose: bool = True, may_prepare: bool = True) -> str:
     """Returns the prepared data folder, preparing it first when the config allows.
+
+    may_prepare=False (multi-worker training, where every worker would prepare the
+    same folder at once) ignores --prepare_if_missing.
 
     Raises:
       UserError: no shards and --prepare_if_missing is off; the message gives
@@ -88,7 +91,7 @@ def ensure_data(config: ExperimentConfig, verbose: bool = True) -> str:
     )
     if prepare.is_prepared(data_dir):
         return data_dir
-    if config.train.prepare_if_missing:
+    if config.train.prepare_if_missing and may_prepare:
         if verbose:
             print(f"No prepared data in {data_dir}: preparing it now.", file=sys.stderr)
         prepare_config = dataclasses.replace(
@@ -128,6 +131,7 @@ def validate(config: ExperimentConfig) -> None:
     augment.check_mixing(config.data.mixing)
     pipeline.check_balance(config.data.balance)
     distribute.get_factory(config.train.strategy)
+    distribute.lr_scale(config.train.lr_scaling, 1)
     performance.dtype_policy_name(config.train.mixed_precision)
     performance.jit_compile(config.train.jit_compile)
     callbacks_lib.early_stopping_mode(config.train.early_stopping_metric)
@@ -394,8 +398,14 @@ def train_and_evaluate(
     started = time.time()
     model_dir = model_dir or config.train.model_dir
     validate(config)
+    if not model_dir:
+        raise UserError("--model_dir is required (where checkpoints, logs and reports go)")
+    # First: a multi-worker strategy must be set up before TensorFlow runs anything.
+    strategy = distribute.get_strategy(config.train.strategy)
+    chief = distribute.is_chief(strategy)
+    model_dir = distribute.worker_model_dir(model_dir, strategy)
     _check_model_dir(model_dir)
-    data_dir = ensure_data(config, verbose)
+    data_dir = ensure_data(config, verbose, may_prepare=not distribute.is_multi_worker(strategy))
     labels = records.read_labels(data_dir)
     stats = prepare.read_stats(data_dir)
     image_size = backbones.resolve_image_size(config.model.backbone, config.data.image_size)
@@ -418,15 +428,27 @@ def train_and_evaluate(
     run_files.write_run_files(model_dir, config, labels)
     num_classes = len(labels)
 
-    data_config = config
+    replicas = strategy.num_replicas_in_sync
+    data_config = config.replace(
+        data={"batch_size": distribute.global_batch_size(config.data.batch_size, strategy)}
+    )
     if state is not None and not state.complete:
-        data_config = config.replace(data={"seed": resume.resumed_seed(config.data.seed, state)})
+        data_config = data_config.replace(
+            data={"seed": resume.resumed_seed(config.data.seed, state)}
+        )
     train_data, val_data, steps_per_epoch = datasets(data_config, stats, num_classes)
+    if distribute.is_multi_worker(strategy):
+        train_data, val_data = (
+            data
+            and distribute.shard_across_workers(
+                data, len(tf.io.gfile.glob(records.shard_pattern(data_dir, split))), strategy
+            )
+            for data, split in ((train_data, "train"), (val_data, "val"))
+        )
     train_count = stats["totals"]["train"]
     batch_size = config.data.batch_size
 
     keras.utils.set_random_seed(data_config.data.seed)
-    strategy = distribute.get_strategy(config.train.strategy)
     policy = performance.dtype_policy_name(config.train.mixed_precision)
     for warning in performance.warnings_for(
         config.train.mixed_precision, config.train.jit_compile, config.model.backbone
@@ -435,6 +457,7 @@ def train_and_evaluate(
     # Layers take the global dtype policy when built; compile() adds loss scaling for float16.
     with strategy.scope(), performance.dtype_policy(policy):
         model = classifier.build_classifier(config.model, num_classes, image_size)
+        synced = distribute.sync_batchnorm(model, strategy) if config.train.sync_batchnorm else 0
     resume.check_free_space(model_dir, model)
 
     resuming = state is not None
@@ -461,15 +484,37 @@ def train_and_evaluate(
     if val_data is None:
         stopping_metric = stopping_metric.removeprefix("val_")
 
+    lr_scale = distribute.lr_scale(config.train.lr_scaling, replicas)
     if verbose:
+        task_type, task_index = distribute.task(strategy)
         print(
             f"Training {config.model.backbone} + {config.model.head} with loss "
             f"{config.model.loss} on {data_dir}: "
             f"{num_classes} classes, {train_count} training images, {image_size} px, "
-            f"batch {batch_size} over {strategy.num_replicas_in_sync} replica(s), "
+            f"batch {batch_size} per replica x {replicas} replica(s), "
             f"{steps_per_epoch} steps per epoch, {policy} dtype policy.",
             file=sys.stderr,
         )
+        if distribute.is_multi_worker(strategy):
+            print(
+                f"This is {task_type} {task_index}"
+                + (
+                    " (the chief: it writes the model_dir)." if chief else f", writing {model_dir}."
+                ),
+                file=sys.stderr,
+            )
+        if synced:
+            print(
+                f"{synced} BatchNorm layers compute their statistics over all {replicas} "
+                "replicas (--sync_batchnorm).",
+                file=sys.stderr,
+            )
+        if lr_scale != 1:
+            print(
+                f"Learning rates x {lr_scale:g} for {replicas} replicas "
+                f"(--lr_scaling={config.train.lr_scaling}).",
+                file=sys.stderr,
+            )
         if resuming:
             print(_resume_message(model_dir, state), file=sys.stderr)
         if config.train.early_stopping_patience:
@@ -486,8 +531,8 @@ def train_and_evaluate(
                 file=sys.stderr,
             )
     phases = [
-        ("frozen", config.train.epochs_frozen, config.train.lr_frozen),
-        ("finetune", config.train.epochs_finetune, config.train.lr_finetune),
+        ("frozen", config.train.epochs_frozen, config.train.lr_frozen * lr_scale),
+        ("finetune", config.train.epochs_finetune, config.train.lr_finetune * lr_scale),
     ]
     epoch = 0
     # A fresh run has nothing to restore; a resumed one loads its checkpoint once.
@@ -558,7 +603,9 @@ def train_and_evaluate(
         steps=dict(state.steps),
         resumed=resuming,
     )
-    if config.train.evaluate_after and val_data is None and not config.evaluate.data:
+    if not chief:
+        pass  # Workers other than the chief hold the same weights: one report, one export.
+    elif config.train.evaluate_after and val_data is None and not config.evaluate.data:
         print(
             f"No validation split in {data_dir}, so no evaluation; run python -m lmrec.evaluate "
             f"--model_dir={model_dir} --data=<held-out photos>.",
@@ -570,7 +617,7 @@ def train_and_evaluate(
         result.metrics = evaluate.evaluate(
             model_dir, config.evaluate.data, config.data.batch_size, verbose=verbose
         ).metrics
-    if config.train.export_after:
+    if config.train.export_after and chief:
         from lmrec import export
 
         result.export_path = export.export_saved_model(model_dir, config.export, verbose=verbose)
