@@ -59,20 +59,34 @@ class AtomicCheckpoint(keras.callbacks.Callback):
     is a higher accuracy, or the same accuracy at a lower loss: on small validation
     sets accuracy ties often, and the later, lower-loss epoch is the better model.
     With select="last" every epoch counts as an improvement.
+
+    `classifier` is the model saved, whichever model fit trains (phase 1 on cached
+    features fits only the part of the head after its cached layers); None saves the
+    model being fit. With `deferred` set (that phase: its epochs take milliseconds,
+    while saving a whole backbone takes about half a second), an epoch end only
+    keeps the trained model's weights in memory when it is the selected one, and
+    flush() writes both files: the resume checkpoint calls it before each save
+    and the phase's end (on_train_end) does.
     """
 
-    def __init__(self, model_dir: str, monitor: str, select: str = "best"):
+    def __init__(self, model_dir: str, monitor: str, select: str = "best", classifier=None):
         super().__init__()
         self.model_dir = model_dir
         self.monitor = monitor
         self.select_last = select == "last"
         self.tie_breaker = monitor.replace("accuracy", "loss")
+        self.classifier = classifier
+        self.deferred = False
         self.best: float | None = None
         self.best_loss = float("inf")
         self.best_epoch: int | None = None
+        self._last_pending = False
+        self._best_pending: list | None = None  # the trained model's weights at the best epoch
 
     def on_epoch_end(self, epoch, logs=None):
-        self._save(run_files.LAST_WEIGHTS)
+        if not self.deferred:
+            self._save(run_files.LAST_WEIGHTS)
+        self._last_pending = self.deferred
         logs = logs or {}
         value = logs.get(self.monitor)
         if value is None:
@@ -83,12 +97,32 @@ class AtomicCheckpoint(keras.callbacks.Callback):
         )
         if improved or self.select_last:
             self.best, self.best_loss, self.best_epoch = float(value), loss, epoch + 1
-            self._save(run_files.BEST_WEIGHTS)
+            if self.deferred:
+                self._best_pending = self.model.get_weights()
+            else:
+                self._save(run_files.BEST_WEIGHTS)
+
+    def on_train_end(self, logs=None):
+        self.flush()
+
+    def flush(self) -> None:
+        """Writes what deferred epoch ends held back (nothing otherwise)."""
+        if self._last_pending:
+            self._save(run_files.LAST_WEIGHTS)
+            self._last_pending = False
+        if self._best_pending is not None:
+            current = self.model.get_weights()
+            self.model.set_weights(self._best_pending)
+            try:
+                self._save(run_files.BEST_WEIGHTS)
+            finally:
+                self.model.set_weights(current)
+            self._best_pending = None
 
     def _save(self, relative: str) -> None:
         path = os.path.join(self.model_dir, relative)
         with atomic.replacing(path) as tmp:
-            self.model.save_weights(tmp)
+            (self.classifier or self.model).save_weights(tmp)
 
 
 # --early_stopping_metric: what fit logs (each also with "val_"), and which way is better.
@@ -113,13 +147,24 @@ class SamplePredictions(keras.callbacks.Callback):
 
     The photos are read once through the evaluation pipeline (same decode and
     resize) but without the backbone's normalization, so they display as photos;
-    the model gets them normalized. They go to their own run, logs/samples:
-    TensorBoard expects one writer per folder, and Keras' writers own logs/train
-    and logs/validation.
+    the classifier gets them normalized (the whole classifier, also while fit
+    trains only part of its head on cached features). They go to their own run,
+    logs/samples: TensorBoard expects one writer per folder, and Keras' writers
+    own logs/train and logs/validation.
+
+    The classifier runs as one tf.function, traced at its first use: an eager call
+    of a deep backbone takes about a second. While phase 1 trains on cached
+    features, `predict` is set to the cache's own (already traced) extraction and
+    head, the same function of the images, so that phase traces no second copy.
     """
 
-    def __init__(self, log_dir: str, images, labels, class_names: list[str], preprocess):
+    def __init__(
+        self, log_dir: str, images, labels, class_names: list[str], preprocess, classifier
+    ):
         super().__init__()
+        self.classifier = classifier
+        self.predict: Any = None  # normalized images -> probabilities; None: the classifier's
+        self._classifier_predict = None
         self.writer = tf.summary.create_file_writer(log_dir)
         self.images = images
         self.labels = labels.numpy()
@@ -127,9 +172,13 @@ class SamplePredictions(keras.callbacks.Callback):
         self.preprocess = preprocess
 
     def on_epoch_end(self, epoch, logs=None):
-        probabilities = keras.ops.convert_to_numpy(
-            self.model(self.preprocess(self.images), training=False)
-        )
+        predict = self.predict
+        if predict is None:
+            if self._classifier_predict is None:
+                classifier = self.classifier
+                self._classifier_predict = tf.function(lambda x: classifier(x, training=False))
+            predict = self._classifier_predict
+        probabilities = keras.ops.convert_to_numpy(predict(self.preprocess(self.images)))
         predicted = probabilities.argmax(axis=-1)
         png = plots.prediction_grid_png(
             tf.cast(self.images, tf.uint8).numpy(),
@@ -185,6 +234,11 @@ class ResumeCheckpoint(keras.callbacks.Callback):
       collect: called before each save to copy the other callbacks' state in.
       phase_end: the epoch at which the current phase ends.
       step_offset: steps already done in the first epoch of this fit (resuming mid-epoch).
+      classifier: the model whose variables are saved, when fit trains another (the
+        part of the head on cached features, which shares its variables and optimizer).
+      throttle_epochs: epoch ends that do not end the phase save only when
+        every_seconds have passed (phase 1 on cached features, whose epochs are far
+        shorter than a save).
     """
 
     def __init__(
@@ -196,9 +250,13 @@ class ResumeCheckpoint(keras.callbacks.Callback):
         every_steps: int = 0,
         every_seconds: float = 0.0,
         step_offset: int = 0,
+        classifier=None,
+        throttle_epochs: bool = False,
     ):
         super().__init__()
         self.model_dir = model_dir
+        self.classifier = classifier
+        self.throttle_epochs = throttle_epochs
         self.state = state
         self.collect = collect
         self.phase_end = phase_end
@@ -221,7 +279,9 @@ class ResumeCheckpoint(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         self.step_offset = 0
         done = epoch + 1 >= self.phase_end or bool(self.model.stop_training)
-        self._save(epoch + 1, 0, phase_done=done)
+        recent = time.monotonic() - self._last_save < self.every_seconds
+        if done or not (self.throttle_epochs and recent):
+            self._save(epoch + 1, 0, phase_done=done)
 
     def _save(self, epoch: int, step: int, phase_done: bool) -> None:
         from lmrec import resume
@@ -229,5 +289,5 @@ class ResumeCheckpoint(keras.callbacks.Callback):
         self.state.epoch, self.state.step, self.state.phase_done = epoch, step, phase_done
         self.state.steps[self.state.phase] = int(self.model.optimizer.iterations.numpy())
         self.collect(self.state)
-        resume.save(self.model_dir, self.model, self.state)
+        resume.save(self.model_dir, self.classifier or self.model, self.state)
         self._last_save = time.monotonic()

@@ -115,6 +115,10 @@ class TrainConfig:
     early_stopping_patience: int = 0  # 0: off; else epochs without improvement, per phase
     early_stopping_metric: str = "val_accuracy"  # [val_]loss | [val_]accuracy | [val_]top5
     tensorboard_images: int = 8  # validation photos drawn with their predictions each epoch
+    # Phase 1 on the frozen backbone's cached features (lmrec.feature_cache).
+    cache_frozen_features: str = "auto"  # auto | on | off
+    feature_cache_passes: int = 2  # augmented passes cached; epoch e trains on pass e mod K
+    feature_cache_dir: str = ""  # "": in memory if it fits in half the free memory, else model_dir
     label_smoothing: float = 0.1
     arcface_margin: float = 0.5  # m, radians, added to the target angle (training only)
     focal_gamma: float = 2.0

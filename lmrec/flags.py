@@ -332,6 +332,28 @@ FLAG_TABLE: tuple[tuple[type, str, str], ...] = (
     ),
     (
         TrainConfig,
+        "cache_frozen_features",
+        "Phase 1 on cached features: the frozen backbone runs once over the images (or "
+        "--feature_cache_passes augmented passes) and the head trains on its stored outputs: "
+        "auto (when that is exact and saves time; the run says why not otherwise) | on (an "
+        "error if it cannot be exact, e.g. with --mixing) | off. Phase 2 always reads images.",
+    ),
+    (
+        TrainConfig,
+        "feature_cache_passes",
+        "With --augment other than none: augmented passes over the training images that phase "
+        "1's cache holds (at most --epochs_frozen); epoch e trains on pass e mod this. More "
+        "passes keep more of the augmentation and cost one backbone pass each.",
+    ),
+    (
+        TrainConfig,
+        "feature_cache_dir",
+        "Where phase 1's cached features go: empty keeps them in memory if they fit in half "
+        "the free memory, else in a folder in --model_dir; a folder puts them on disk there. "
+        "Files are deleted when phase 1 ends.",
+    ),
+    (
+        TrainConfig,
         "label_smoothing",
         "Label smoothing of the cross-entropy (of every --loss), in [0, 1).",
     ),

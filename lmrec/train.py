@@ -21,7 +21,7 @@ import keras
 import tensorflow as tf
 
 from lmrec import callbacks as callbacks_lib
-from lmrec import distribute, losses, optimizers, performance, plots, resume
+from lmrec import distribute, feature_cache, losses, optimizers, performance, plots, resume
 from lmrec import model_dir as run_files
 from lmrec.config import ExperimentConfig
 from lmrec.data import augment, pipeline, prepare, records
@@ -46,21 +46,29 @@ class TrainResult:
     # Optimizer steps each phase took (a resumed run counts the steps before its kill).
     steps: dict[str, int] = field(default_factory=dict)
     resumed: bool = False  # continued from a checkpoint in model_dir
+    # Phase 1's feature cache: {"used": False, "reason": ...} or what it held and its seconds.
+    feature_cache: dict[str, Any] = field(default_factory=dict)
+    # Per phase this process trained, seconds from its setup (feature cache, compile) to the
+    # end of its last epoch.
+    phase_wall_seconds: dict[str, float] = field(default_factory=dict)
     metrics: dict[str, Any] | None = None
     export_path: str | None = None
     seconds: float = 0.0
 
     @property
     def phase_seconds(self) -> dict[str, float]:
-        """Wall time of each training phase (sum of its epochs, validation included)."""
+        """Wall time of each training phase: the sum of its epochs, validation included, and
+        for phase 1 on cached features the time the backbone took to compute them."""
         totals: dict[str, float] = {}
         for row in self.history:
-            totals[row["phase"]] = round(totals.get(row["phase"], 0.0) + row["seconds"], 1)
-        return totals
+            totals[row["phase"]] = totals.get(row["phase"], 0.0) + row["seconds"]
+        if "frozen" in totals:
+            totals["frozen"] += self.feature_cache.get("seconds", 0.0)
+        return {phase: round(seconds, 1) for phase, seconds in totals.items()}
 
 
 def _sample_predictions(
-    config: ExperimentConfig, class_names: list[str], model_dir: str
+    config: ExperimentConfig, class_names: list[str], model_dir: str, classifier
 ) -> callbacks_lib.SamplePredictions:
     """The callback for the first --tensorboard_images photos of the (shuffled) val split."""
     dataset = pipeline.make_dataset(
@@ -73,7 +81,9 @@ def _sample_predictions(
     images, labels = next(iter(dataset))
     spec = backbones.get_spec(config.model.backbone)
     log_dir = os.path.join(model_dir, run_files.LOGS_DIR, "samples")
-    return callbacks_lib.SamplePredictions(log_dir, images, labels, class_names, spec.preprocess)
+    return callbacks_lib.SamplePredictions(
+        log_dir, images, labels, class_names, spec.preprocess, classifier
+    )
 
 
 def ensure_data(config: ExperimentConfig, verbose: bool = True, may_prepare: bool = True) -> str:
@@ -135,6 +145,7 @@ def validate(config: ExperimentConfig) -> None:
     performance.dtype_policy_name(config.train.mixed_precision)
     performance.jit_compile(config.train.jit_compile)
     callbacks_lib.early_stopping_mode(config.train.early_stopping_metric)
+    feature_cache.check(config)
     optimizers.check(config.train)
     if config.train.select_epoch not in callbacks_lib.SELECT_EPOCH:
         raise UserError(
@@ -233,13 +244,26 @@ def datasets(config: ExperimentConfig, stats: dict, num_classes: int):
 
 
 def prepare_phase(
-    model, phase: str, learning_rate: float, epochs: int, steps_per_epoch: int, config
+    model,
+    phase: str,
+    learning_rate: float,
+    epochs: int,
+    steps_per_epoch: int,
+    config,
+    trained: keras.Model | None = None,
 ) -> None:
     """Sets what trains in this phase and compiles a fresh optimizer for it.
 
     --warmup_epochs applies to phase 2 only: phase 1 trains a new head on a frozen
     backbone, with nothing pretrained for large first steps to damage, while phase 2's
     fresh optimizer meets pretrained weights (or, from scratch, is the whole run).
+
+    Args:
+      trained: the model fit will train, when not the classifier: in phase 1 on
+        cached features, the part of the head after its cached layers. It is
+        compiled with the classifier's optimizer (one set of slots, built in the
+        classifier's variable order, so the resume checkpoint of the classifier
+        holds them and restores them either way), loss and metrics.
     """
     if phase == "frozen":
         freezing.freeze_backbone(model)
@@ -255,7 +279,7 @@ def prepare_phase(
     lr_factors = None
     if finetune and config.train.layer_lr_ratio < 1.0:
         lr_factors = optimizers.layer_rate_factors(model.backbone, config.train.layer_lr_ratio)
-    model.compile(
+    compile_args = dict(
         optimizer=optimizers.build(
             config.train,
             learning_rate,
@@ -271,6 +295,40 @@ def prepare_phase(
         ],
         jit_compile=performance.jit_compile(config.train.jit_compile),
     )
+    model.compile(**compile_args)
+    if trained is not None:
+        compile_args["metrics"] = [
+            keras.metrics.CategoricalAccuracy(name="accuracy"),
+            keras.metrics.TopKCategoricalAccuracy(k=min(5, num_classes), name="top5"),
+        ]
+        trained.compile(**{**compile_args, "optimizer": model.optimizer})
+        model.optimizer.build(model.trainable_variables)
+
+
+def _frozen_feature_cache(
+    model, config: ExperimentConfig, stats: dict, steps_per_epoch: int, strategy, verbose: bool
+) -> tuple[feature_cache.FeatureCache | None, dict[str, Any]]:
+    """Phase 1's feature cache (lmrec.feature_cache), or None and why not, said in the log.
+
+    Returns:
+      (the cache or None, the facts TrainResult.feature_cache records).
+    """
+    if distribute.is_multi_worker(strategy):
+        plan = feature_cache.Plan(
+            reason="multi-worker training: each worker reads only its share of the images"
+        )
+    else:
+        plan = feature_cache.plan(model, config, stats, steps_per_epoch, config.train.model_dir)
+    if verbose:
+        print(plan.describe(), file=sys.stderr)
+    if not plan.use:
+        return None, {"used": False, "reason": plan.reason}
+    cache = feature_cache.extract(
+        model, config, plan, strategy, verbose=fit_verbosity() if verbose else 0
+    )
+    if verbose:
+        print(cache.describe(), file=sys.stderr)
+    return cache, cache.info()
 
 
 def _fit_phase(
@@ -288,6 +346,7 @@ def _fit_phase(
     steps_per_epoch: int,
     verbose: bool,
     continuing: bool = False,
+    fitted: keras.Model | None = None,
 ) -> int:
     """Trains one phase from `start` (epoch, step) to epoch phase_end; returns the epoch reached.
 
@@ -296,7 +355,15 @@ def _fit_phase(
     carry state across fits (early stopping, EMA swapping, the resume checkpoint) are
     made here, once per phase, from the saved state when `continuing` a phase that
     was under way.
+
+    `fitted` is the model fit trains when not `model` (phase 1 on cached features:
+    the head after its cached layers). Its epochs take milliseconds, so the
+    checkpoints of the whole classifier are then written at the phase's end and at
+    most every --checkpoint_every_seconds, not after every epoch.
     """
+    fitted = fitted or model
+    cached = fitted is not model
+    checkpoint.deferred = cached
     start_epoch, start_step = start
     phase_callbacks = list(callbacks)
     swap = None
@@ -318,6 +385,7 @@ def _fit_phase(
         phase_callbacks.append(stopper)
 
     def collect(saved: resume.State) -> None:
+        checkpoint.flush()  # best.weights.h5 on disk is the epoch the state names
         saved.best = {
             "value": checkpoint.best,
             "loss": checkpoint.best_loss,
@@ -338,6 +406,8 @@ def _fit_phase(
         every_steps=config.train.checkpoint_every_steps,
         every_seconds=config.train.checkpoint_every_seconds,
         step_offset=start_step,
+        classifier=model,
+        throttle_epochs=cached,
     )
     phase_callbacks.append(saver)  # Last: it saves what the others decided.
     fits = [(start_epoch, start_epoch + 1, steps_per_epoch - start_step)] if start_step else []
@@ -345,7 +415,7 @@ def _fit_phase(
     if first_full < phase_end:
         fits.append((first_full, phase_end, steps_per_epoch))
     for initial_epoch, end_epoch, steps in fits:
-        model.fit(
+        fitted.fit(
             train_data,
             validation_data=val_data,
             initial_epoch=initial_epoch,
@@ -355,7 +425,7 @@ def _fit_phase(
             shuffle=False,  # The pipeline shuffles; Keras cannot shuffle a tf.data.Dataset.
             verbose=fit_verbosity() if verbose else 0,
         )
-        if model.stop_training:
+        if fitted.stop_training:
             break
     return state.epoch
 
@@ -464,7 +534,9 @@ def train_and_evaluate(
     state = state or resume.State()
     history = state.history
     monitor = "val_accuracy" if val_data is not None else "accuracy"
-    checkpoint = callbacks_lib.AtomicCheckpoint(model_dir, monitor, config.train.select_epoch)
+    checkpoint = callbacks_lib.AtomicCheckpoint(
+        model_dir, monitor, config.train.select_epoch, classifier=model
+    )
     if state.best:
         checkpoint.best = state.best["value"]
         checkpoint.best_loss = state.best["loss"]
@@ -478,8 +550,10 @@ def train_and_evaluate(
         # Logs every metric and the learning rate per epoch (logs/train, logs/validation).
         keras.callbacks.TensorBoard(log_dir=os.path.join(model_dir, run_files.LOGS_DIR)),
     ]
+    samples = None
     if val_data is not None and config.train.tensorboard_images:
-        callbacks.append(_sample_predictions(config, records.label_names(labels), model_dir))
+        samples = _sample_predictions(config, records.label_names(labels), model_dir, model)
+        callbacks.append(samples)
     stopping_metric = config.train.early_stopping_metric
     if val_data is None:
         stopping_metric = stopping_metric.removeprefix("val_")
@@ -535,6 +609,8 @@ def train_and_evaluate(
         ("finetune", config.train.epochs_finetune, config.train.lr_finetune * lr_scale),
     ]
     epoch = 0
+    cache_info: dict[str, Any] = {}
+    phase_wall_seconds: dict[str, float] = {}
     # A fresh run has nothing to restore; a resumed one loads its checkpoint once.
     restored = not state.weights_file or state.complete
     for phase, epochs, learning_rate in phases:
@@ -544,8 +620,31 @@ def train_and_evaluate(
             epoch = state.phase_end_epochs[phase]
             continue
         continuing = state.phase == phase and not state.phase_done and bool(state.weights_file)
+        phase_started = time.time()
+        cache = None
+        fitted, fit_train, fit_val = model, train_data, val_data
+        if phase == "frozen":
+            cache, cache_info = _frozen_feature_cache(
+                model, data_config, stats, steps_per_epoch, strategy, verbose
+            )
+            if cache is not None:
+                fitted = cache.head
+                fit_train = cache.training_dataset(
+                    data_config, num_classes, train_class_counts(stats, num_classes)
+                )
+                fit_val = cache.validation_dataset(data_config.data.batch_size, num_classes)
+                if samples is not None:
+                    samples.predict = cache.predict
         with strategy.scope():
-            prepare_phase(model, phase, learning_rate, epochs, steps_per_epoch, config)
+            prepare_phase(
+                model,
+                phase,
+                learning_rate,
+                epochs,
+                steps_per_epoch,
+                config,
+                trained=None if cache is None else fitted,
+            )
             if not restored:
                 resume.restore(model, model_dir, state, with_optimizer=continuing)
                 restored = True
@@ -565,22 +664,30 @@ def train_and_evaluate(
         state.phase, state.phase_done = phase, False
         history_writer.phase = phase
         phase_start = epoch
-        epoch = _fit_phase(
-            model,
-            train_data,
-            val_data,
-            callbacks,
-            config,
-            model_dir,
-            state,
-            checkpoint,
-            stopping_metric,
-            phase_end=epoch + epochs,
-            start=(start_epoch, start_step),
-            steps_per_epoch=steps_per_epoch,
-            verbose=verbose,
-            continuing=continuing,
-        )
+        try:
+            epoch = _fit_phase(
+                model,
+                fit_train,
+                fit_val,
+                callbacks,
+                config,
+                model_dir,
+                state,
+                checkpoint,
+                stopping_metric,
+                phase_end=epoch + epochs,
+                start=(start_epoch, start_step),
+                steps_per_epoch=steps_per_epoch,
+                verbose=verbose,
+                continuing=continuing,
+                fitted=fitted,
+            )
+        finally:
+            if cache is not None:
+                cache.close()
+                if samples is not None:
+                    samples.predict = None
+        phase_wall_seconds[phase] = round(time.time() - phase_started, 1)
         if phase in state.stopped_early and verbose:
             print(
                 f"Early stopping: phase {phase} ended after epoch {epoch}, "
@@ -602,6 +709,8 @@ def train_and_evaluate(
         stopped_early=state.stopped_early,
         steps=dict(state.steps),
         resumed=resuming,
+        feature_cache=cache_info,
+        phase_wall_seconds=phase_wall_seconds,
     )
     if not chief:
         pass  # Workers other than the chief hold the same weights: one report, one export.

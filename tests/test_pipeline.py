@@ -84,6 +84,33 @@ def test_evaluation_pass_is_ordered_complete_and_has_known_length(demo_records):
     assert int(make().cardinality()) == -(-stats_total // 5)
 
 
+def test_counted_training_passes_hold_each_image_once_and_end(demo_records):
+    """passes=N (the feature cache's read): N whole passes in order, augmented differently."""
+    count = prepare.read_stats(demo_records)["totals"]["train"]
+    dataset = pipeline.make_dataset(
+        records.shard_pattern(demo_records, "train"),
+        32,
+        lambda x: x,
+        batch_size=7,
+        training=True,
+        augment_policy="light",
+        seed=1,
+        with_ids=True,
+        passes=2,
+    )
+    batches = list(dataset)
+    ids = [i.decode() for _, _, batch_ids in batches for i in batch_ids.numpy()]
+    assert len(ids) == 2 * count and len(batches) == -(-2 * count // 7)
+    assert sorted(ids[:count]) == sorted(ids[count:]) and len(set(ids[:count])) == count
+    images = np.concatenate([batch.numpy() for batch, _, _ in batches])
+    first = {i: image for i, image in zip(ids[:count], images[:count], strict=True)}
+    differs = [
+        not np.allclose(first[i], image)
+        for i, image in zip(ids[count:], images[count:], strict=True)
+    ]
+    assert sum(differs) > count // 2, "the second pass is cropped and flipped anew"
+
+
 def test_training_crops_differ_between_epochs_but_evaluation_is_fixed():
     encoded = tf.constant(jpeg_bytes(3, size=(120, 90)))
     policy = pipeline.augment.get_policy("light")

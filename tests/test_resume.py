@@ -258,3 +258,37 @@ def test_a_finished_run_with_new_settings_trains_anew(tmp_path, demo_records, ca
     assert changed.steps == {"frozen": 6, "finetune": 12}
     assert "finished run with other classes or settings: training anew" in capsys.readouterr().err
     assert [int(row["epoch"]) for row in _history(changed.model_dir)] == [1, 2, 3]
+
+
+def test_interrupted_phase_on_cached_features_resumes_with_the_same_steps(
+    tmp_path, demo_records, monkeypatch
+):
+    """Phase 1 on cached features saves the whole classifier and the shared optimizer."""
+    overrides = dict(epochs_frozen=3, epochs_finetune=1, augment="none", cache_frozen_features="on")
+    whole = train_and_evaluate(_config(tmp_path / "whole", demo_records, **overrides), False)
+    assert whole.feature_cache["used"]
+    assert whole.steps == {"frozen": 3 * STEPS_PER_EPOCH, "finetune": STEPS_PER_EPOCH}
+
+    config = _config(tmp_path / "killed", demo_records, **overrides)
+    original_fit = keras.Model.fit
+
+    def fit_with_kill(self, *args, **kwargs):
+        # The first fit is phase 1's, on the head after its cached pooling layer.
+        assert self.name == "head_on_cached_features"
+        kwargs["callbacks"] = [*kwargs["callbacks"], _KillAt(STEPS_PER_EPOCH + 2)]
+        return original_fit(self, *args, **kwargs)
+
+    monkeypatch.setattr(keras.Model, "fit", fit_with_kill)
+    with pytest.raises(_Interrupt):
+        train_and_evaluate(config, verbose=False)
+    monkeypatch.setattr(keras.Model, "fit", original_fit)
+    state = resume.read(config.train.model_dir)
+    assert (state.phase, state.epoch, state.step) == ("frozen", 1, 2)
+
+    resumed = train_and_evaluate(config, verbose=False)
+    assert resumed.resumed and resumed.feature_cache["used"]
+    assert resumed.steps == whole.steps
+    rates = [float(row["learning_rate"]) for row in _history(config.train.model_dir)]
+    assert rates == pytest.approx(
+        [float(row["learning_rate"]) for row in _history(whole.model_dir)]
+    )

@@ -225,8 +225,10 @@ def _summaries(folder: str) -> dict[str, list[tuple[int, str]]]:
     return found
 
 
+# "on": phase 1 trains part of the head on cached features; the callbacks must not notice.
+@pytest.mark.parametrize("cache", ["off", "on"])
 def test_early_stopping_ends_a_phase_and_tensorboard_gets_images_and_learning_rate(
-    tmp_path, demo_records
+    tmp_path, demo_records, cache
 ):
     # A learning rate of 0 on a frozen backbone: val_accuracy cannot improve after epoch 1.
     experiment = _tiny(
@@ -237,6 +239,7 @@ def test_early_stopping_ends_a_phase_and_tensorboard_gets_images_and_learning_ra
         early_stopping_patience=1,
         early_stopping_metric="val_accuracy",
         tensorboard_images=4,
+        cache_frozen_features=cache,
     )
     result = train_and_evaluate(experiment, verbose=False)
 
@@ -246,6 +249,7 @@ def test_early_stopping_ends_a_phase_and_tensorboard_gets_images_and_learning_ra
         (3, "finetune"),
     ]
     assert result.stopped_early == {"frozen": 2}
+    assert result.feature_cache["used"] is (cache == "on")
     logs = os.path.join(result.model_dir, run_files.LOGS_DIR)
     samples = _summaries(os.path.join(logs, "samples"))
     assert samples["sample_predictions"] == [(0, "images"), (1, "images"), (2, "images")]

@@ -169,6 +169,26 @@ def _label_only(serialized: tf.Tensor) -> tf.Tensor:
     return tf.cast(tf.io.parse_single_example(serialized, spec)[records.LABEL], tf.int32)
 
 
+def resample_probabilities(class_counts: Sequence[int]) -> np.ndarray:
+    """The chance that --balance=resample keeps a record of each class (index = label).
+
+    Proportional to 1 / the class's share, scaled so the rarest class is always
+    kept; classes without images never occur (0). Shared by the record stream
+    (resample_balanced) and phase 1 on cached features (lmrec.feature_cache).
+
+    Raises:
+      UserError: no class has training images.
+    """
+    counts = np.asarray(class_counts, dtype=np.float64)
+    if counts.sum() <= 0:
+        raise UserError("--balance=resample: no class has training images")
+    share = counts / counts.sum()
+    keep = np.zeros_like(share)
+    present = counts > 0
+    keep[present] = 1.0 / share[present]
+    return (keep / keep.max()).astype(np.float32)
+
+
 def resample_balanced(
     dataset: tf.data.Dataset, class_counts: Sequence[int], seed: int | None
 ) -> tf.data.Dataset:
@@ -196,15 +216,7 @@ def resample_balanced(
       class_counts: training images per class (index = label).
       seed: makes the sampling repeatable.
     """
-    counts = np.asarray(class_counts, dtype=np.float64)
-    if counts.sum() <= 0:
-        raise UserError("--balance=resample: no class has training images")
-    share = counts / counts.sum()
-    keep = np.zeros_like(share)
-    present = counts > 0
-    keep[present] = 1.0 / share[present]
-    keep /= keep.max()  # the rarest class is always kept; classes without images never occur
-    table = tf.constant(keep, tf.float32)
+    table = tf.constant(resample_probabilities(class_counts), tf.float32)
     # A seeded stream of uniform [0, 1) numbers, one per record.
     coins = tf.data.Dataset.random(seed=seed).map(
         lambda r: tf.cast(r % (1 << 24), tf.float32) / float(1 << 24)
@@ -229,6 +241,8 @@ def make_dataset(
     num_examples: int | None = None,
     balance: str = "none",
     class_counts: Sequence[int] | None = None,
+    passes: int = 0,
+    deterministic: bool | None = None,
 ) -> tf.data.Dataset:
     """Builds the input pipeline over TFRecord shards.
 
@@ -250,6 +264,14 @@ def make_dataset(
         loss weighting that the caller adds after mixing (with_class_weights),
         so here it changes nothing, like "none".
       class_counts: training images per class (index = label), for "resample".
+      passes: training only. 0 repeats forever; N > 0 yields N shuffled,
+        augmented passes one after the other (each image once per pass, the
+        random augmentation continuing from pass to pass, the last batch maybe
+        short), then ends: what lmrec.feature_cache runs the backbone over.
+      deterministic: None: training yields elements in any order (faster; an
+        element may even cross into the next pass), evaluation and counted passes
+        in order; True or False forces it (True makes a training stream
+        repeatable for a fixed seed).
 
     Returns:
       Dataset of (images float32 [B, S, S, 3] preprocessed, labels int32 [B]) or,
@@ -274,12 +296,14 @@ def make_dataset(
         tf.data.TFRecordDataset,
         cycle_length=min(len(files), 8),
         num_parallel_calls=AUTOTUNE,
-        deterministic=not training,
+        deterministic=not training if deterministic is None else deterministic,
     )
+    # Counted passes keep their order through the maps below, so pass p is rows p*n..(p+1)*n-1.
+    ordered = (not training or passes > 0) if deterministic is None else deterministic
     if training:
         # Shuffle before repeat, so each epoch sees every example once.
         dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-        dataset = dataset.repeat()
+        dataset = dataset.repeat(passes or None)
     if resample:
         dataset = resample_balanced(dataset, class_counts, seed)
 
@@ -295,8 +319,10 @@ def make_dataset(
         label = tf.cast(example[records.LABEL], tf.int32)
         return image, label, example[records.IMAGE_ID]
 
-    dataset = dataset.map(parse, num_parallel_calls=AUTOTUNE, deterministic=not training)
-    dataset = dataset.batch(batch_size, drop_remainder=training, num_parallel_calls=AUTOTUNE)
+    dataset = dataset.map(parse, num_parallel_calls=AUTOTUNE, deterministic=ordered)
+    dataset = dataset.batch(
+        batch_size, drop_remainder=training and not passes, num_parallel_calls=AUTOTUNE
+    )
     batch_layer = policy.batch_layer(seed or 0) if (training and policy.batch_layer) else None
 
     def finish(images, labels, ids):
@@ -305,7 +331,7 @@ def make_dataset(
         images = preprocess(images)
         return (images, labels, ids) if with_ids else (images, labels)
 
-    dataset = dataset.map(finish, num_parallel_calls=AUTOTUNE, deterministic=not training)
+    dataset = dataset.map(finish, num_parallel_calls=AUTOTUNE, deterministic=ordered)
     if num_examples is not None and not training:
         batches = -(-num_examples // batch_size)
         dataset = dataset.apply(tf.data.experimental.assert_cardinality(batches))
