@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import shutil
 import time
 from typing import Any
 
@@ -53,20 +54,27 @@ SELECT_EPOCH = ("best", "last")
 
 
 class AtomicCheckpoint(keras.callbacks.Callback):
-    """Saves last.weights.h5 every epoch and best.weights.h5 on improvement, never half-written.
+    """Keeps best.weights.h5 and last.weights.h5, never half-written, never stale.
 
     best.weights.h5 is the selected model that evaluate and export load. Improvement
     is a higher accuracy, or the same accuracy at a lower loss: on small validation
     sets accuracy ties often, and the later, lower-loss epoch is the better model.
     With select="last" every epoch counts as an improvement.
 
+    An epoch end only notes which files are due; flush() writes them. The resume
+    checkpoint flushes before each of its saves, so the files on disk are always
+    those of the epoch its state names, and the end of each fit (on_train_end)
+    flushes. Writing a whole backbone after every short epoch cost more than the
+    epoch's training (benchmarks/training_throughput.py), and the resume checkpoint
+    already covers a crash. When training goes on past an epoch whose files are due,
+    hold() keeps a copy of its weights in memory (the resume checkpoint calls it when
+    it may save, and so flush, within the next epoch). The files hold the model's
+    variables only, not the optimizer's slots (three times the size with Adam):
+    evaluation and export do not need them, and the resume checkpoint keeps them.
+
     `classifier` is the model saved, whichever model fit trains (phase 1 on cached
-    features fits only the part of the head after its cached layers); None saves the
-    model being fit. With `deferred` set (that phase: its epochs take milliseconds,
-    while saving a whole backbone takes about half a second), an epoch end only
-    keeps the trained model's weights in memory when it is the selected one, and
-    flush() writes both files: the resume checkpoint calls it before each save
-    and the phase's end (on_train_end) does.
+    features fits only the part of the head after its cached layers); None saves
+    the model being fit.
     """
 
     def __init__(self, model_dir: str, monitor: str, select: str = "best", classifier=None):
@@ -76,17 +84,18 @@ class AtomicCheckpoint(keras.callbacks.Callback):
         self.select_last = select == "last"
         self.tie_breaker = monitor.replace("accuracy", "loss")
         self.classifier = classifier
-        self.deferred = False
         self.best: float | None = None
         self.best_loss = float("inf")
         self.best_epoch: int | None = None
-        self._last_pending = False
-        self._best_pending: list | None = None  # the trained model's weights at the best epoch
+        # Due files, each with the weights to write: None for "the model's current
+        # weights" (training has not moved on since the epoch), else a held copy.
+        self._due: dict[str, list | None] = {}
+        # Set by flush(): a file it wrote from the model's current weights, which the
+        # resume checkpoint of a finished phase copies rather than writes again.
+        self.current_file: str | None = None
 
     def on_epoch_end(self, epoch, logs=None):
-        if not self.deferred:
-            self._save(run_files.LAST_WEIGHTS)
-        self._last_pending = self.deferred
+        self._due[run_files.LAST_WEIGHTS] = None
         logs = logs or {}
         value = logs.get(self.monitor)
         if value is None:
@@ -97,32 +106,54 @@ class AtomicCheckpoint(keras.callbacks.Callback):
         )
         if improved or self.select_last:
             self.best, self.best_loss, self.best_epoch = float(value), loss, epoch + 1
-            if self.deferred:
-                self._best_pending = self.model.get_weights()
-            else:
-                self._save(run_files.BEST_WEIGHTS)
+            self._due[run_files.BEST_WEIGHTS] = None
 
     def on_train_end(self, logs=None):
         self.flush()
 
+    @property
+    def unheld(self) -> bool:
+        """Some due file's weights are only in the model, which the next step changes."""
+        return any(weights is None for weights in self._due.values())
+
+    def hold(self) -> None:
+        """Copies the current weights for the due files that have no copy yet (at an epoch
+        end, before training goes on)."""
+        if self.unheld:
+            weights = self.model.get_weights()
+            self._due = {name: held or weights for name, held in self._due.items()}
+
     def flush(self) -> None:
-        """Writes what deferred epoch ends held back (nothing otherwise)."""
-        if self._last_pending:
-            self._save(run_files.LAST_WEIGHTS)
-            self._last_pending = False
-        if self._best_pending is not None:
-            current = self.model.get_weights()
-            self.model.set_weights(self._best_pending)
-            try:
-                self._save(run_files.BEST_WEIGHTS)
-            finally:
-                self.model.set_weights(current)
-            self._best_pending = None
+        """Writes the due files: each either from the model or from its held copy."""
+        written: dict[int, str] = {}  # id of the weights -> the file already holding them
+        self.current_file = None
+        for relative, held in sorted(
+            self._due.items(), key=lambda item: item[0] != run_files.LAST_WEIGHTS
+        ):
+            key = id(held)
+            if key in written:
+                self._copy(written[key], relative)
+            elif held is None:
+                self._save(relative)
+                self.current_file = os.path.join(self.model_dir, relative)
+            else:
+                current = self.model.get_weights()
+                self.model.set_weights(held)
+                try:
+                    self._save(relative)
+                finally:
+                    self.model.set_weights(current)
+            written[key] = relative
+        self._due = {}
 
     def _save(self, relative: str) -> None:
-        path = os.path.join(self.model_dir, relative)
-        with atomic.replacing(path) as tmp:
-            (self.classifier or self.model).save_weights(tmp)
+        model = self.classifier or self.model
+        with atomic.replacing(os.path.join(self.model_dir, relative)) as tmp:
+            run_files.save_variables(model, tmp)
+
+    def _copy(self, source: str, target: str) -> None:
+        with atomic.replacing(os.path.join(self.model_dir, target)) as tmp:
+            shutil.copyfile(os.path.join(self.model_dir, source), tmp)
 
 
 # --early_stopping_metric: what fit logs (each also with "val_"), and which way is better.
@@ -143,7 +174,10 @@ def early_stopping_mode(metric: str) -> str:
 
 
 class SamplePredictions(keras.callbacks.Callback):
-    """After each epoch, draws a few validation photos with their predictions into TensorBoard.
+    """Draws a few validation photos with their predictions into TensorBoard.
+
+    Every `every_epochs` epochs and at the end of each fit (a phase's last epoch):
+    drawing takes about half a second (matplotlib), too much after every short epoch.
 
     The photos are read once through the evaluation pipeline (same decode and
     resize) but without the backbone's normalization, so they display as photos;
@@ -159,9 +193,18 @@ class SamplePredictions(keras.callbacks.Callback):
     """
 
     def __init__(
-        self, log_dir: str, images, labels, class_names: list[str], preprocess, classifier
+        self,
+        log_dir: str,
+        images,
+        labels,
+        class_names: list[str],
+        preprocess,
+        classifier,
+        every_epochs: int = 1,
     ):
         super().__init__()
+        self.every_epochs = every_epochs
+        self._undrawn_epoch: int | None = None
         self.classifier = classifier
         self.predict: Any = None  # normalized images -> probabilities; None: the classifier's
         self._classifier_predict = None
@@ -172,6 +215,18 @@ class SamplePredictions(keras.callbacks.Callback):
         self.preprocess = preprocess
 
     def on_epoch_end(self, epoch, logs=None):
+        if (epoch + 1) % self.every_epochs == 0:
+            self.draw(epoch)
+        else:
+            self._undrawn_epoch = epoch
+
+    def on_train_end(self, logs=None):
+        if self._undrawn_epoch is not None:
+            self.draw(self._undrawn_epoch)
+
+    def draw(self, epoch: int) -> None:
+        """Predicts the photos with the current weights and logs the grid at step `epoch`."""
+        self._undrawn_epoch = None
         predict = self.predict
         if predict is None:
             if self._classifier_predict is None:
@@ -220,12 +275,16 @@ class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
 
 
 class ResumeCheckpoint(keras.callbacks.Callback):
-    """Saves the resume state (lmrec.resume) at every epoch end and within epochs.
+    """Saves the resume state (lmrec.resume) at epoch ends and within epochs.
 
-    Within an epoch it saves every `every_steps` steps and at least every
-    `every_seconds` seconds (0 turns either off), so a long GLDv2 epoch killed near
-    its end does not start over. Goes last in the callback list, so the history row,
-    best checkpoint and early-stopping decision of the epoch are in the state it saves.
+    An epoch end saves unless the last save is less than `min_seconds` old (the
+    phase's last epoch always saves): short epochs, like phase 1's on cached
+    features, would otherwise spend more time saving than training, and a kill
+    then loses at most that much. Within an epoch it saves every `every_steps`
+    steps and at least every `every_seconds` seconds (0 turns either off), so a
+    long GLDv2 epoch killed near its end does not start over. Goes last in the
+    callback list, so the history row, best checkpoint and early-stopping decision
+    of the epoch are in the state it saves.
 
     Args:
       model_dir: the run folder.
@@ -233,12 +292,13 @@ class ResumeCheckpoint(keras.callbacks.Callback):
         phase and fills its other fields through `collect`.
       collect: called before each save to copy the other callbacks' state in.
       phase_end: the epoch at which the current phase ends.
+      checkpoint: the run's AtomicCheckpoint; flushed by `collect` before a save,
+        and told to hold its due weights when an epoch end does not save but a save
+        may come within the next epoch.
+      steps_per_epoch: for that forecast.
       step_offset: steps already done in the first epoch of this fit (resuming mid-epoch).
       classifier: the model whose variables are saved, when fit trains another (the
         part of the head on cached features, which shares its variables and optimizer).
-      throttle_epochs: epoch ends that do not end the phase save only when
-        every_seconds have passed (phase 1 on cached features, whose epochs are far
-        shorter than a save).
     """
 
     def __init__(
@@ -247,47 +307,75 @@ class ResumeCheckpoint(keras.callbacks.Callback):
         state,
         collect,
         phase_end: int,
+        checkpoint: AtomicCheckpoint,
+        steps_per_epoch: int,
         every_steps: int = 0,
         every_seconds: float = 0.0,
+        min_seconds: float = 0.0,
         step_offset: int = 0,
         classifier=None,
-        throttle_epochs: bool = False,
     ):
         super().__init__()
         self.model_dir = model_dir
         self.classifier = classifier
-        self.throttle_epochs = throttle_epochs
         self.state = state
         self.collect = collect
         self.phase_end = phase_end
+        self.checkpoint = checkpoint
+        self.steps_per_epoch = steps_per_epoch
         self.every_steps = every_steps
         self.every_seconds = every_seconds
+        self.min_seconds = min_seconds
         self.step_offset = step_offset
         self._epoch = 0
-        self._last_save = time.monotonic()
+        self._epoch_started = self._last_save = time.monotonic()
+        self._overdue = False
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
+        self._epoch_started = time.monotonic()
 
     def on_train_batch_end(self, batch, logs=None):
         step = self.step_offset + batch + 1
         due_steps = self.every_steps and step % self.every_steps == 0
         due_time = self.every_seconds and time.monotonic() - self._last_save >= self.every_seconds
-        if due_steps or due_time:
-            self._save(self._epoch, step, phase_done=False)
+        if not (due_steps or due_time):
+            return
+        if self.checkpoint.unheld:
+            # The last epoch's files were neither written nor held (this epoch was
+            # forecast to end first): saving now would write this step's weights as
+            # that epoch's. The epoch end saves instead.
+            self._overdue = True
+            return
+        self._save(self._epoch, step, phase_done=False)
 
     def on_epoch_end(self, epoch, logs=None):
         self.step_offset = 0
+        now = time.monotonic()
         done = epoch + 1 >= self.phase_end or bool(self.model.stop_training)
-        recent = time.monotonic() - self._last_save < self.every_seconds
-        if done or not (self.throttle_epochs and recent):
+        if done or self._overdue or now - self._last_save >= self.min_seconds:
             self._save(epoch + 1, 0, phase_done=done)
+        elif self._may_save_within_next_epoch(now):
+            self.checkpoint.hold()
+
+    def _may_save_within_next_epoch(self, now: float) -> bool:
+        by_steps = self.every_steps and self.every_steps <= self.steps_per_epoch
+        # Twice the last epoch's length: a margin for epochs that vary.
+        epoch_seconds = now - self._epoch_started
+        by_time = (
+            self.every_seconds and now - self._last_save + 2 * epoch_seconds >= self.every_seconds
+        )
+        return bool(by_steps or by_time)
 
     def _save(self, epoch: int, step: int, phase_done: bool) -> None:
         from lmrec import resume
 
         self.state.epoch, self.state.step, self.state.phase_done = epoch, step, phase_done
         self.state.steps[self.state.phase] = int(self.model.optimizer.iterations.numpy())
-        self.collect(self.state)
-        resume.save(self.model_dir, self.classifier or self.model, self.state)
+        self.collect(self.state)  # flushes the checkpoint
+        # A finished phase saves no optimizer slots: the model's variables, which the
+        # flush has just written to last.weights.h5.
+        same_as = self.checkpoint.current_file if phase_done else None
+        resume.save(self.model_dir, self.classifier or self.model, self.state, same_as)
         self._last_save = time.monotonic()
+        self._overdue = False

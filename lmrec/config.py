@@ -112,9 +112,11 @@ class TrainConfig:
     steps_per_epoch: int = 0  # 0: one pass over the training shards.
     checkpoint_every_steps: int = 0  # resume checkpoints within epochs, every N steps (0: off)
     checkpoint_every_seconds: float = 600.0  # ... and at least this often (0: off)
+    checkpoint_min_seconds: float = 60.0  # epoch ends save only if the last save is older
     early_stopping_patience: int = 0  # 0: off; else epochs without improvement, per phase
     early_stopping_metric: str = "val_accuracy"  # [val_]loss | [val_]accuracy | [val_]top5
-    tensorboard_images: int = 8  # validation photos drawn with their predictions each epoch
+    tensorboard_images: int = 8  # validation photos drawn with their predictions ...
+    tensorboard_images_every: int = 5  # ... every N epochs and at each phase's end
     # Phase 1 on the frozen backbone's cached features (lmrec.feature_cache).
     cache_frozen_features: str = "auto"  # auto | on | off
     feature_cache_passes: int = 2  # augmented passes cached; epoch e trains on pass e mod K

@@ -57,7 +57,7 @@ import tensorflow as tf
 
 from lmrec import atomic, performance
 from lmrec.config import ExperimentConfig
-from lmrec.data import pipeline, records
+from lmrec.data import pipeline
 from lmrec.errors import UserError
 from lmrec.models import backbones, pooling
 
@@ -448,35 +448,17 @@ def extract(
       The cache; call close() after the phase.
     """
     started = time.time()
-    spec = backbones.get_spec(config.model.backbone)
-    common = dict(
-        image_size=config.data.image_size,
-        preprocess=spec.preprocess,
-        batch_size=config.data.batch_size,
-        seed=config.data.seed,
-    )
+    preprocess = backbones.get_spec(config.model.backbone).preprocess
     directory = None
     if plan.directory is not None:
         directory = tempfile.mkdtemp(prefix=".feature-cache-", dir=plan.directory)
     try:
         train_rows = plan.passes * plan.train_images
-        images = pipeline.make_dataset(
-            records.shard_pattern(config.data.data_dir, "train"),
-            training=True,
-            augment_policy=config.data.augment,
-            shuffle_buffer=config.data.shuffle_buffer,
-            passes=plan.passes,
-            **common,
-        )
+        images = pipeline.run_dataset(config, "train", preprocess, passes=plan.passes)
         features, labels = _fill(plan, images, train_rows, directory, "train", verbose)
         val_features = val_labels = None
         if plan.val_images:
-            images = pipeline.make_dataset(
-                records.shard_pattern(config.data.data_dir, "val"),
-                training=False,
-                num_examples=plan.val_images,
-                **common,
-            )
+            images = pipeline.run_dataset(config, "val", preprocess, num_examples=plan.val_images)
             val_features, val_labels = _fill(
                 plan, images, plan.val_images, directory, "val", verbose
             )

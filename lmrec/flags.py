@@ -314,6 +314,14 @@ FLAG_TABLE: tuple[tuple[type, str, str], ...] = (
     ),
     (
         TrainConfig,
+        "checkpoint_min_seconds",
+        "An epoch end saves the resume checkpoint (and best/last.weights.h5) only when the "
+        "last save is at least this old (seconds); a phase's last epoch always saves. Short "
+        "epochs then do not spend more time saving than training; a kill loses at most this "
+        "much. 0: every epoch end.",
+    ),
+    (
+        TrainConfig,
         "early_stopping_patience",
         "End a phase after this many epochs without improvement of --early_stopping_metric "
         "(phase 1 then moves on to phase 2); 0: off. --select_epoch still picks the weights.",
@@ -327,8 +335,14 @@ FLAG_TABLE: tuple[tuple[type, str, str], ...] = (
     (
         TrainConfig,
         "tensorboard_images",
-        "Validation photos drawn in TensorBoard (Images tab) after each epoch, titled with the "
-        "true and predicted class and its probability; 0: none.",
+        "Validation photos drawn in TensorBoard (Images tab), titled with the true and "
+        "predicted class and its probability; 0: none.",
+    ),
+    (
+        TrainConfig,
+        "tensorboard_images_every",
+        "Draw the --tensorboard_images every N epochs and after each phase's last epoch "
+        "(drawing takes about half a second).",
     ),
     (
         TrainConfig,

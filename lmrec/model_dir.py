@@ -25,6 +25,15 @@ LOGS_DIR = "logs"
 REPORT_DIR = "report"
 
 
+def save_variables(model, path: str) -> None:
+    """model.save_weights without the optimizer's variables, which Keras 3 includes:
+    what evaluation, export and a fresh optimizer need, a third of the size with Adam."""
+    import keras
+
+    optimizer = getattr(model, "optimizer", None)
+    keras.saving.save_weights(model, path, objects_to_skip=[optimizer] if optimizer else None)
+
+
 def write_run_files(model_dir: str, config: ExperimentConfig, labels: list[dict]) -> None:
     """Writes flags.cfg, config.json and labels.json before training starts."""
     header = (

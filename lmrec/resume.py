@@ -41,7 +41,9 @@ _MAY_DIFFER = {
     "train.prepare_if_missing",
     "train.checkpoint_every_steps",
     "train.checkpoint_every_seconds",
+    "train.checkpoint_min_seconds",
     "train.tensorboard_images",
+    "train.tensorboard_images_every",
 }
 _MAY_DIFFER_SECTIONS = ("evaluate.", "export.")
 
@@ -108,11 +110,14 @@ def weights_path(model_dir: str, state: State) -> str:
     return os.path.join(model_dir, RESUME_DIR, state.weights_file)
 
 
-def save(model_dir: str, model, state: State) -> None:
-    """Writes the model's and optimizer's variables, then state.json naming them.
+def save(model_dir: str, model, state: State, same_as: str | None = None) -> None:
+    """Writes the model's and (within a phase) optimizer's variables, then state.json naming them.
 
     Each save goes to a new numbered weights file; the previous one is deleted only
-    after state.json points at the new one.
+    after state.json points at the new one. At a phase's end (state.phase_done) the
+    optimizer is left out, since the next phase starts a fresh one (restore() skips
+    it), and `same_as`, a file just written with the model's current variables, is
+    copied instead of writing them again.
     """
     folder = os.path.join(model_dir, RESUME_DIR)
     os.makedirs(folder, exist_ok=True)
@@ -120,7 +125,12 @@ def save(model_dir: str, model, state: State) -> None:
     number = int(previous[5:11]) + 1 if previous else 1
     state.weights_file = _WEIGHTS_PATTERN.format(number)
     with atomic.replacing(os.path.join(folder, state.weights_file)) as tmp:
-        model.save_weights(tmp)
+        if state.phase_done and same_as:
+            shutil.copyfile(same_as, tmp)
+        elif state.phase_done:
+            run_files.save_variables(model, tmp)
+        else:
+            model.save_weights(tmp)
     write_state(model_dir, state)
     for stale in glob.glob(os.path.join(folder, "ckpt-*.weights.h5")):
         if os.path.basename(stale) != state.weights_file:

@@ -71,18 +71,21 @@ def _sample_predictions(
     config: ExperimentConfig, class_names: list[str], model_dir: str, classifier
 ) -> callbacks_lib.SamplePredictions:
     """The callback for the first --tensorboard_images photos of the (shuffled) val split."""
-    dataset = pipeline.make_dataset(
-        records.shard_pattern(config.data.data_dir, "val"),
-        config.data.image_size,
-        tf.identity,
-        batch_size=config.train.tensorboard_images,
-        training=False,
+    # Not normalized (tf.identity), so they display as photos.
+    dataset = pipeline.run_dataset(
+        config, "val", tf.identity, batch_size=config.train.tensorboard_images
     )
     images, labels = next(iter(dataset))
     spec = backbones.get_spec(config.model.backbone)
     log_dir = os.path.join(model_dir, run_files.LOGS_DIR, "samples")
     return callbacks_lib.SamplePredictions(
-        log_dir, images, labels, class_names, spec.preprocess, classifier
+        log_dir,
+        images,
+        labels,
+        class_names,
+        spec.preprocess,
+        classifier,
+        every_epochs=config.train.tensorboard_images_every,
     )
 
 
@@ -162,9 +165,16 @@ def validate(config: ExperimentConfig) -> None:
         "steps_per_epoch",
         "early_stopping_patience",
         "tensorboard_images",
+        "checkpoint_every_steps",
+        "checkpoint_every_seconds",
+        "checkpoint_min_seconds",
     ):
         if getattr(config.train, flag) < 0:
             raise UserError(f"--{flag} must be >= 0")
+    if config.train.tensorboard_images_every < 1:
+        raise UserError(
+            f"--tensorboard_images_every must be >= 1, got {config.train.tensorboard_images_every}"
+        )
     if config.train.epochs_frozen + config.train.epochs_finetune == 0:
         raise UserError("Nothing to train: --epochs_frozen and --epochs_finetune are both 0")
 
@@ -204,38 +214,22 @@ def datasets(config: ExperimentConfig, stats: dict, num_classes: int):
     Returns:
       (train dataset, val dataset or None when there is no val split, steps per epoch).
     """
-    data_dir = config.data.data_dir
-    spec = backbones.get_spec(config.model.backbone)
-    common = dict(
-        image_size=config.data.image_size,
-        preprocess=spec.preprocess,
-        batch_size=config.data.batch_size,
-        seed=config.data.seed,
-    )
+    preprocess = backbones.get_spec(config.model.backbone).preprocess
 
     def one_hot(images, labels):
         return images, tf.one_hot(labels, num_classes)
 
     counts = train_class_counts(stats, num_classes)
-    train = pipeline.make_dataset(
-        records.shard_pattern(data_dir, "train"),
-        training=True,
-        augment_policy=config.data.augment,
-        shuffle_buffer=config.data.shuffle_buffer,
-        balance=config.data.balance,
-        class_counts=counts,
-        **common,
+    train = pipeline.run_dataset(
+        config, "train", preprocess, balance=config.data.balance, class_counts=counts
     ).map(one_hot)
     train = augment.mix_batches(train, config.data.mixing, config.data.seed)
     if config.data.balance == "class_weights":
         train = pipeline.with_class_weights(train, pipeline.class_weights(counts))
     val = None
     if stats["totals"]["val"] > 0:
-        val = pipeline.make_dataset(
-            records.shard_pattern(data_dir, "val"),
-            training=False,
-            num_examples=stats["totals"]["val"],
-            **common,
+        val = pipeline.run_dataset(
+            config, "val", preprocess, num_examples=stats["totals"]["val"]
         ).map(one_hot)
     steps = config.train.steps_per_epoch or max(
         1, math.ceil(stats["totals"]["train"] / config.data.batch_size)
@@ -357,13 +351,9 @@ def _fit_phase(
     was under way.
 
     `fitted` is the model fit trains when not `model` (phase 1 on cached features:
-    the head after its cached layers). Its epochs take milliseconds, so the
-    checkpoints of the whole classifier are then written at the phase's end and at
-    most every --checkpoint_every_seconds, not after every epoch.
+    the head after its cached layers); the checkpoints hold the whole classifier.
     """
     fitted = fitted or model
-    cached = fitted is not model
-    checkpoint.deferred = cached
     start_epoch, start_step = start
     phase_callbacks = list(callbacks)
     swap = None
@@ -403,11 +393,13 @@ def _fit_phase(
         state,
         collect,
         phase_end=phase_end,
+        checkpoint=checkpoint,
+        steps_per_epoch=steps_per_epoch,
         every_steps=config.train.checkpoint_every_steps,
         every_seconds=config.train.checkpoint_every_seconds,
+        min_seconds=config.train.checkpoint_min_seconds,
         step_offset=start_step,
         classifier=model,
-        throttle_epochs=cached,
     )
     phase_callbacks.append(saver)  # Last: it saves what the others decided.
     fits = [(start_epoch, start_epoch + 1, steps_per_epoch - start_step)] if start_step else []

@@ -109,6 +109,22 @@ def small_demo_config(tmp_dir: str, **train_overrides):
     return config.experiment_from_flagfile(str(REPO / "configs" / "demo.cfg"), *overrides)
 
 
+# Settings of a run that tests training mechanics, not accuracy: the baseline CNN (the
+# demo config's) at 32 px, no evaluation, export or TensorBoard photos afterwards.
+TINY_RUN = dict(
+    image_size=32,
+    batch_size=16,
+    evaluate_after=False,
+    export_after=False,
+    tensorboard_images=0,
+)
+
+
+def tiny_run_config(tmp_dir: str, demo_records: str, **overrides):
+    """small_demo_config with TINY_RUN on the prepared demo_records."""
+    return small_demo_config(tmp_dir, **{**TINY_RUN, "data_dir": demo_records, **overrides})
+
+
 @pytest.fixture(scope="session")
 def demo_records(tmp_path_factory) -> str:
     """A small prepared demo dataset (8 classes x 24 images, 64 px)."""

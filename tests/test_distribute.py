@@ -17,17 +17,9 @@ import tensorflow as tf
 
 from lmrec import distribute, resume
 from lmrec.errors import UserError
-from tests.conftest import REPO
+from tests.conftest import REPO, TINY_RUN
 
-TINY = {
-    "image_size": 32,
-    "epochs_frozen": 1,
-    "epochs_finetune": 1,
-    "batch_size": 8,
-    "evaluate_after": False,
-    "export_after": False,
-    "tensorboard_images": 0,
-}
+TINY = {**TINY_RUN, "epochs_frozen": 1, "epochs_finetune": 1, "batch_size": 8}
 
 
 def _flags(settings: dict) -> list[str]:

@@ -16,25 +16,14 @@ from lmrec.data import pipeline, prepare
 from lmrec.errors import UserError
 from lmrec.models import classifier
 from lmrec.train import train_and_evaluate
-from tests.conftest import small_demo_config
+from tests.conftest import small_demo_config, tiny_run_config
 
 
 def _tiny(tmp_path, demo_records, name: str, **overrides):
-    """The baseline CNN at 32 px, phase 1 only: training mechanics, not accuracy."""
-    settings = dict(
-        data_dir=demo_records,
-        model_dir=str(tmp_path / name),
-        image_size=32,
-        epochs_frozen=3,
-        epochs_finetune=0,
-        batch_size=16,
-        steps_per_epoch=2,
-        evaluate_after=False,
-        export_after=False,
-        tensorboard_images=0,
-    )
-    settings.update(overrides)
-    return small_demo_config(str(tmp_path), **settings)
+    """Phase 1 only, a few steps: training mechanics, not accuracy."""
+    settings = dict(model_dir=str(tmp_path / name), epochs_frozen=3, epochs_finetune=0)
+    settings["steps_per_epoch"] = 2
+    return tiny_run_config(str(tmp_path), demo_records, **{**settings, **overrides})
 
 
 def _train_images(demo_records) -> int:

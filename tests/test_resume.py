@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import filecmp
 import json
 import os
 import signal
@@ -10,14 +11,16 @@ import subprocess
 import sys
 import time
 
+import h5py
 import keras
+import numpy as np
 import pytest
 
 from lmrec import callbacks, resume
 from lmrec import model_dir as run_files
 from lmrec.errors import UserError
 from lmrec.train import train_and_evaluate
-from tests.conftest import REPO, small_demo_config
+from tests.conftest import REPO, TINY_RUN, small_demo_config
 
 STEPS_PER_EPOCH = 6
 FROZEN_EPOCHS, FINETUNE_EPOCHS = 1, 2
@@ -26,16 +29,13 @@ EXPECTED_STEPS = {"frozen": STEPS_PER_EPOCH * FROZEN_EPOCHS, "finetune": 2 * STE
 
 def _settings(demo_records, **overrides) -> dict:
     settings = dict(
+        TINY_RUN,
         data_dir=demo_records,
-        image_size=32,
         epochs_frozen=FROZEN_EPOCHS,
         epochs_finetune=FINETUNE_EPOCHS,
         steps_per_epoch=STEPS_PER_EPOCH,
         batch_size=8,
         checkpoint_every_steps=1,
-        evaluate_after=False,
-        export_after=False,
-        tensorboard_images=0,
     )
     settings.update(overrides)
     return settings
@@ -58,7 +58,22 @@ class _KillAt(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         if int(self.model.optimizer.iterations) >= self.at:
+            self.weights = self.model.get_weights()  # what the model held when it "died"
             raise _Interrupt
+
+
+class _EpochEndWeights(keras.callbacks.Callback):
+    def __init__(self, into: dict):
+        super().__init__()
+        self.into = into
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.into[epoch + 1] = self.model.get_weights()
+
+
+def _has_optimizer(path: str) -> bool:
+    with h5py.File(path, "r") as f:
+        return "optimizer" in f
 
 
 def _history(model_dir: str) -> list[dict]:
@@ -292,3 +307,73 @@ def test_interrupted_phase_on_cached_features_resumes_with_the_same_steps(
     assert rates == pytest.approx(
         [float(row["learning_rate"]) for row in _history(whole.model_dir)]
     )
+
+
+def test_epoch_ends_within_checkpoint_min_seconds_wait_for_the_phase_end(
+    tmp_path, demo_records, monkeypatch
+):
+    saves = []
+    original_save = resume.save
+
+    def counting_save(model_dir, model, state, *args):
+        saves.append((state.phase, state.epoch, state.step, state.phase_done))
+        original_save(model_dir, model, state, *args)
+        path = resume.weights_path(model_dir, state)
+        assert _has_optimizer(path) is not state.phase_done  # a finished phase's is not restored
+        if state.phase_done:  # copied from the last weights, just written
+            last = os.path.join(model_dir, run_files.LAST_WEIGHTS)
+            assert filecmp.cmp(path, last, shallow=False)
+
+    monkeypatch.setattr(resume, "save", counting_save)
+    settings = dict(epochs_frozen=2, epochs_finetune=3, checkpoint_every_steps=0)
+    config = _config(tmp_path / "few", demo_records, checkpoint_min_seconds=1e6, **settings)
+    result = train_and_evaluate(config, verbose=False)
+    assert saves == [("frozen", 2, 0, True), ("finetune", 5, 0, True)]
+    assert result.steps == {"frozen": 2 * STEPS_PER_EPOCH, "finetune": 3 * STEPS_PER_EPOCH}
+    for name in (run_files.BEST_WEIGHTS, run_files.LAST_WEIGHTS):
+        path = os.path.join(config.train.model_dir, name)
+        assert not _has_optimizer(path), f"{name} holds optimizer slots"
+
+    saves.clear()
+    config = _config(tmp_path / "all", demo_records, checkpoint_min_seconds=0, **settings)
+    train_and_evaluate(config, verbose=False)
+    assert [save[1] for save in saves] == [1, 2, 3, 4, 5]
+
+
+@pytest.mark.parametrize("select", ["best", "last"])
+def test_a_save_within_an_epoch_writes_the_unsaved_epoch_end_from_its_held_copy(
+    tmp_path, demo_records, monkeypatch, select
+):
+    """An epoch end that did not save holds its weights: a save in the next epoch must
+    write those as best/last.weights.h5, not the weights of the step it saves at."""
+    config = _config(
+        tmp_path, demo_records, checkpoint_min_seconds=1e6, select_epoch=select, lr_finetune=1e-2
+    )
+    model_dir = config.train.model_dir
+    epoch_end: dict[int, list] = {}
+    kill = _KillAt(STEPS_PER_EPOCH + 3)  # phase 2's second epoch (epoch 3), step 3
+    original_fit = keras.Model.fit
+
+    def fit_with_kill(self, *args, **kwargs):
+        kwargs["callbacks"] = [*kwargs["callbacks"], _EpochEndWeights(epoch_end), kill]
+        return original_fit(self, *args, **kwargs)
+
+    monkeypatch.setattr(keras.Model, "fit", fit_with_kill)
+    with pytest.raises(_Interrupt):
+        train_and_evaluate(config, verbose=False)
+    state = resume.read(model_dir)
+    # Epoch 2's end did not save (the last save was phase 1's end, just before); the
+    # step saves of epoch 3 (--checkpoint_every_steps=1) wrote its files.
+    assert (state.phase, state.epoch, state.step) == ("finetune", 2, 3)
+    assert _has_optimizer(resume.weights_path(model_dir, state))
+    best_epoch = state.best["epoch"]
+    assert best_epoch in (1, 2) and (select == "best" or best_epoch == 2)
+    files = {
+        name: run_files.load(model_dir, name).model.get_weights()
+        for name in (run_files.LAST_WEIGHTS, run_files.BEST_WEIGHTS)
+    }
+    assert any(not np.array_equal(a, b) for a, b in zip(kill.weights, epoch_end[2], strict=True))
+    for saved, expected in zip(files[run_files.LAST_WEIGHTS], epoch_end[2], strict=True):
+        np.testing.assert_array_equal(saved, expected)
+    for saved, expected in zip(files[run_files.BEST_WEIGHTS], epoch_end[best_epoch], strict=True):
+        np.testing.assert_array_equal(saved, expected)

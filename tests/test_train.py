@@ -18,7 +18,7 @@ from lmrec.data import records
 from lmrec.errors import UserError
 from lmrec.models import classifier
 from lmrec.train import train_and_evaluate
-from tests.conftest import small_demo_config
+from tests.conftest import small_demo_config, tiny_run_config
 
 # 8 classes: chance is 0.125. The shrunk demo run (conftest.trained_demo) reached 0.53, 0.56 and
 # 0.57 validation accuracy in three runs on a 2-core CPU; 0.35 (2.8x chance) leaves room for the
@@ -98,8 +98,15 @@ def test_select_epoch_decides_which_weights_are_kept(tmp_path, select, kept_epoc
         kernels[epoch] = np.full((2, 1), float(epoch), np.float32)
         model.layers[0].kernel.assign(kernels[epoch])
         saved.on_epoch_end(epoch - 1, {"val_accuracy": accuracy, "val_loss": 1.0})
-    model.load_weights(str(tmp_path / run_files.BEST_WEIGHTS))
-    np.testing.assert_array_equal(model.layers[0].kernel.numpy(), kernels[kept_epoch])
+        saved.hold()  # as the resume checkpoint does at an epoch end it does not save
+    # Epoch ends only note what is due; the files come with the next flush.
+    assert not os.path.exists(tmp_path / run_files.BEST_WEIGHTS)
+    model.layers[0].kernel.assign(np.zeros((2, 1), np.float32))  # training went on
+    saved.on_train_end()
+    np.testing.assert_array_equal(model.layers[0].kernel.numpy(), np.zeros((2, 1)))
+    for name, epoch in ((run_files.BEST_WEIGHTS, kept_epoch), (run_files.LAST_WEIGHTS, 2)):
+        model.load_weights(str(tmp_path / name))
+        np.testing.assert_array_equal(model.layers[0].kernel.numpy(), kernels[epoch])
     assert saved.best_epoch == kept_epoch
 
 
@@ -134,20 +141,9 @@ def test_arcface_run_evaluates_exports_and_reloads(tmp_path, demo_records):
 
 
 def _tiny(tmp_path, demo_records, **overrides):
-    """The baseline CNN at 32 px for a couple of steps: training mechanics, not accuracy."""
-    settings = dict(
-        data_dir=demo_records,
-        image_size=32,
-        epochs_frozen=0,
-        epochs_finetune=1,
-        steps_per_epoch=2,
-        batch_size=16,
-        evaluate_after=False,
-        export_after=False,
-        tensorboard_images=0,
-    )
-    settings.update(overrides)
-    return small_demo_config(str(tmp_path), **settings)
+    """A couple of fine-tuning steps: training mechanics, not accuracy."""
+    settings = dict(epochs_frozen=0, epochs_finetune=1, steps_per_epoch=2)
+    return tiny_run_config(str(tmp_path), demo_records, **{**settings, **overrides})
 
 
 def test_mixed_bfloat16_trains_in_bfloat16_then_evaluates_and_exports_in_float32(
@@ -205,6 +201,8 @@ def test_slow_settings_on_cpu_warn_without_refusing():
         ("early_stopping_metric", "val_f1"),
         ("early_stopping_patience", -1),
         ("tensorboard_images", -1),
+        ("tensorboard_images_every", 0),
+        ("checkpoint_min_seconds", -1),
     ],
 )
 def test_bad_performance_and_callback_flags_are_rejected(tmp_path, flag, value):
@@ -239,6 +237,7 @@ def test_early_stopping_ends_a_phase_and_tensorboard_gets_images_and_learning_ra
         early_stopping_patience=1,
         early_stopping_metric="val_accuracy",
         tensorboard_images=4,
+        tensorboard_images_every=2,
         cache_frozen_features=cache,
     )
     result = train_and_evaluate(experiment, verbose=False)
@@ -252,5 +251,6 @@ def test_early_stopping_ends_a_phase_and_tensorboard_gets_images_and_learning_ra
     assert result.feature_cache["used"] is (cache == "on")
     logs = os.path.join(result.model_dir, run_files.LOGS_DIR)
     samples = _summaries(os.path.join(logs, "samples"))
-    assert samples["sample_predictions"] == [(0, "images"), (1, "images"), (2, "images")]
+    # Every 2nd epoch (epoch 1, the first's drawing skipped) and each phase's last (2).
+    assert samples["sample_predictions"] == [(1, "images"), (2, "images")]
     assert "epoch_learning_rate" in _summaries(os.path.join(logs, "train"))

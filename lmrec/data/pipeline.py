@@ -228,6 +228,30 @@ def resample_balanced(
     return dataset.map(lambda serialized, coin: serialized)
 
 
+def run_dataset(config, split: str, preprocess, **options) -> tf.data.Dataset:
+    """make_dataset over a training run's split, as lmrec.train feeds it.
+
+    The one place that turns an ExperimentConfig into a pipeline: its data_dir's
+    `split` shards ("train" or "val") at its image size, batch size and seed, with
+    the backbone's `preprocess`; the train split also with its augmentation and
+    shuffle buffer (training=True). `options` go to make_dataset as they are
+    (num_examples, balance, passes, ...), so the feature cache and the training
+    loop read the same images the same way.
+    """
+    training = split == "train"
+    kwargs = dict(
+        image_size=config.data.image_size,
+        preprocess=preprocess,
+        batch_size=config.data.batch_size,
+        seed=config.data.seed,
+        training=training,
+    )
+    if training:
+        kwargs.update(augment_policy=config.data.augment, shuffle_buffer=config.data.shuffle_buffer)
+    kwargs.update(options)
+    return make_dataset(records.shard_pattern(config.data.data_dir, split), **kwargs)
+
+
 def make_dataset(
     file_pattern: str,
     image_size: int,
