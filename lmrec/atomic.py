@@ -50,6 +50,18 @@ def replacing(path: str) -> Iterator[str]:
             os.remove(tmp)
 
 
+def link_or_copy(source: str, path: str) -> None:
+    """Puts source's content at `path` atomically: a hard link (instant, however large), or
+    a copy where the filesystem has none. Linking is safe because the files written here
+    are replaced by rename, never rewritten in place, so the two names cannot diverge."""
+    with replacing(path) as tmp:
+        try:
+            os.remove(tmp)  # the empty placeholder that reserved the temp name
+            os.link(source, tmp)
+        except OSError:
+            shutil.copyfile(source, tmp)
+
+
 def write_bytes(path: str, data: bytes) -> None:
     with replacing(path) as tmp, open(tmp, "wb") as f:
         f.write(data)

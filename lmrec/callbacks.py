@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import io
 import os
-import shutil
 import time
 from typing import Any
 
@@ -152,8 +151,9 @@ class AtomicCheckpoint(keras.callbacks.Callback):
             run_files.save_variables(model, tmp)
 
     def _copy(self, source: str, target: str) -> None:
-        with atomic.replacing(os.path.join(self.model_dir, target)) as tmp:
-            shutil.copyfile(os.path.join(self.model_dir, source), tmp)
+        atomic.link_or_copy(
+            os.path.join(self.model_dir, source), os.path.join(self.model_dir, target)
+        )
 
 
 # --early_stopping_metric: what fit logs (each also with "val_"), and which way is better.

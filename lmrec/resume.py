@@ -117,20 +117,22 @@ def save(model_dir: str, model, state: State, same_as: str | None = None) -> Non
     after state.json points at the new one. At a phase's end (state.phase_done) the
     optimizer is left out, since the next phase starts a fresh one (restore() skips
     it), and `same_as`, a file just written with the model's current variables, is
-    copied instead of writing them again.
+    linked (or copied) instead of writing them again.
     """
     folder = os.path.join(model_dir, RESUME_DIR)
     os.makedirs(folder, exist_ok=True)
     previous = state.weights_file
     number = int(previous[5:11]) + 1 if previous else 1
     state.weights_file = _WEIGHTS_PATTERN.format(number)
-    with atomic.replacing(os.path.join(folder, state.weights_file)) as tmp:
-        if state.phase_done and same_as:
-            shutil.copyfile(same_as, tmp)
-        elif state.phase_done:
-            run_files.save_variables(model, tmp)
-        else:
-            model.save_weights(tmp)
+    path = os.path.join(folder, state.weights_file)
+    if state.phase_done and same_as:
+        atomic.link_or_copy(same_as, path)
+    else:
+        with atomic.replacing(path) as tmp:
+            if state.phase_done:
+                run_files.save_variables(model, tmp)
+            else:
+                model.save_weights(tmp)
     write_state(model_dir, state)
     for stale in glob.glob(os.path.join(folder, "ckpt-*.weights.h5")):
         if os.path.basename(stale) != state.weights_file:
