@@ -76,6 +76,22 @@ def _has_optimizer(path: str) -> bool:
         return "optimizer" in f
 
 
+def _train_until_interrupted(config, monkeypatch, callbacks_for) -> resume.State:
+    """Trains with callbacks_for(model, fit kwargs) added to each fit until one raises
+    _Interrupt (a stand-in for a kill); returns the state the run saved."""
+    original_fit = keras.Model.fit
+
+    def fit(self, *args, **kwargs):
+        kwargs["callbacks"] = [*kwargs["callbacks"], *callbacks_for(self, kwargs)]
+        return original_fit(self, *args, **kwargs)
+
+    monkeypatch.setattr(keras.Model, "fit", fit)
+    with pytest.raises(_Interrupt):
+        train_and_evaluate(config, verbose=False)
+    monkeypatch.setattr(keras.Model, "fit", original_fit)
+    return resume.read(config.train.model_dir)
+
+
 def _history(model_dir: str) -> list[dict]:
     with open(os.path.join(model_dir, run_files.HISTORY_CSV)) as f:
         return list(csv.DictReader(f))
@@ -98,19 +114,13 @@ def test_interrupted_mid_epoch_resumes_with_the_same_steps_and_learning_rates(
 
     config = _config(tmp_path / "killed", demo_records)
     model_dir = config.train.model_dir
+
     # Interrupt in phase 2's second epoch, after its step 3 (global step 6 + 6 + 3).
-    original_fit = keras.Model.fit
+    def kill_in_phase_2(model, fit_kwargs):
+        phase_2 = model.optimizer.iterations is not None and fit_kwargs.get("initial_epoch", 0) >= 1
+        return [_KillAt(STEPS_PER_EPOCH + 3)] if phase_2 else []
 
-    def fit_with_kill(self, *args, **kwargs):
-        if self.optimizer.iterations is not None and kwargs.get("initial_epoch", 0) >= 1:
-            kwargs["callbacks"] = [*kwargs["callbacks"], _KillAt(STEPS_PER_EPOCH + 3)]
-        return original_fit(self, *args, **kwargs)
-
-    monkeypatch.setattr(keras.Model, "fit", fit_with_kill)
-    with pytest.raises(_Interrupt):
-        train_and_evaluate(config, verbose=False)
-    monkeypatch.setattr(keras.Model, "fit", original_fit)
-    state = resume.read(model_dir)
+    state = _train_until_interrupted(config, monkeypatch, kill_in_phase_2)
     assert (state.phase, state.epoch, state.step) == ("finetune", 2, 3)
     assert state.steps == {"frozen": 6, "finetune": 9}
 
@@ -285,19 +295,13 @@ def test_interrupted_phase_on_cached_features_resumes_with_the_same_steps(
     assert whole.steps == {"frozen": 3 * STEPS_PER_EPOCH, "finetune": STEPS_PER_EPOCH}
 
     config = _config(tmp_path / "killed", demo_records, **overrides)
-    original_fit = keras.Model.fit
 
-    def fit_with_kill(self, *args, **kwargs):
+    def kill_in_phase_1(model, fit_kwargs):
         # The first fit is phase 1's, on the head after its cached pooling layer.
-        assert self.name == "head_on_cached_features"
-        kwargs["callbacks"] = [*kwargs["callbacks"], _KillAt(STEPS_PER_EPOCH + 2)]
-        return original_fit(self, *args, **kwargs)
+        assert model.name == "head_on_cached_features"
+        return [_KillAt(STEPS_PER_EPOCH + 2)]
 
-    monkeypatch.setattr(keras.Model, "fit", fit_with_kill)
-    with pytest.raises(_Interrupt):
-        train_and_evaluate(config, verbose=False)
-    monkeypatch.setattr(keras.Model, "fit", original_fit)
-    state = resume.read(config.train.model_dir)
+    state = _train_until_interrupted(config, monkeypatch, kill_in_phase_1)
     assert (state.phase, state.epoch, state.step) == ("frozen", 1, 2)
 
     resumed = train_and_evaluate(config, verbose=False)
@@ -352,16 +356,9 @@ def test_a_save_within_an_epoch_writes_the_unsaved_epoch_end_from_its_held_copy(
     model_dir = config.train.model_dir
     epoch_end: dict[int, list] = {}
     kill = _KillAt(STEPS_PER_EPOCH + 3)  # phase 2's second epoch (epoch 3), step 3
-    original_fit = keras.Model.fit
-
-    def fit_with_kill(self, *args, **kwargs):
-        kwargs["callbacks"] = [*kwargs["callbacks"], _EpochEndWeights(epoch_end), kill]
-        return original_fit(self, *args, **kwargs)
-
-    monkeypatch.setattr(keras.Model, "fit", fit_with_kill)
-    with pytest.raises(_Interrupt):
-        train_and_evaluate(config, verbose=False)
-    state = resume.read(model_dir)
+    state = _train_until_interrupted(
+        config, monkeypatch, lambda model, fit_kwargs: [_EpochEndWeights(epoch_end), kill]
+    )
     # Epoch 2's end did not save (the last save was phase 1's end, just before); the
     # step saves of epoch 3 (--checkpoint_every_steps=1) wrote its files.
     assert (state.phase, state.epoch, state.step) == ("finetune", 2, 3)
