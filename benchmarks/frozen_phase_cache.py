@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
 import statistics
 import sys
 import time
@@ -36,6 +35,9 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
+
+import machine_info  # noqa: E402 - benchmarks/ is on sys.path when run as a script
+
 SHARED_CONFIG = "configs/intel_scenes_lite0.cfg"
 SHARED_PHOTOS = "../shared/data/intel_scenes_small"
 # Without the shared photos: the demo data, with the shared config's backbone.
@@ -145,20 +147,6 @@ def markdown(summary: list[dict], epochs: int) -> str:
     return "\n".join(lines)
 
 
-def machine() -> dict:
-    import tensorflow as tf
-
-    return {
-        "cpu_count": os.cpu_count(),
-        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "processor": platform.processor() or platform.machine(),
-        "gpus": [d.name for d in tf.config.list_logical_devices("GPU")],
-        "python": platform.python_version(),
-        "tensorflow": tf.__version__,
-        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
-    }
-
-
 def main(argv: list[str] | None = None) -> int:
     # No abbreviations: --seed (an lmrec flag) must not be taken for --seeds.
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
@@ -181,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"No photos in {SHARED_PHOTOS}: using the demo data.", file=sys.stderr)
         config_args = DEMO_CONFIG
     config_args = (*config_args, *lmrec_flags)
-    info = machine()
+    info = machine_info.machine()
     rows = []
     for seed in (int(s) for s in args.seeds.split(",")):
         for augment in args.augment.split(","):

@@ -43,7 +43,6 @@ import datetime
 import io
 import json
 import os
-import platform
 import random
 import resource
 import shutil
@@ -55,6 +54,9 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
+
+import machine_info  # noqa: E402 - benchmarks/ is on sys.path when run as a script
+
 PHOTOS = os.path.join(REPO, "..", "shared", "data", "vn_landmarks")
 RESULT = os.path.join(REPO, "benchmarks", "results", "input_pipeline.json")
 # Three framings per photo (ImageOps.fit centering): distinct bytes, same content statistics.
@@ -245,19 +247,6 @@ def dct_differences(encoded: list[bytes], image_size: int) -> dict[str, float]:
     return {name: difference(name) for name in ("dct2", "dct4", "dct8", "area_resize")}
 
 
-def machine() -> dict:
-    import tensorflow as tf
-
-    return {
-        "cpu_count": os.cpu_count(),
-        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "processor": platform.processor() or platform.machine(),
-        "python": platform.python_version(),
-        "tensorflow": tf.__version__,
-        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
-    }
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--images", type=int, default=640, help="images timed per measurement")
@@ -284,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
 
     spec = backbones.get_spec(args.backbone)
     size = spec.default_size
-    info = machine()
+    info = machine_info.machine()
     tmp = tempfile.mkdtemp(prefix="lmrec-input-bench-")
     try:
         started = time.time()

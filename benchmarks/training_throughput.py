@@ -67,7 +67,6 @@ import datetime
 import gc
 import json
 import os
-import platform
 import resource
 import shutil
 import statistics
@@ -79,6 +78,9 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
+
+import machine_info  # noqa: E402 - benchmarks/ is on sys.path when run as a script
+
 RESULT = os.path.join(REPO, "benchmarks", "results", "training_throughput.json")
 DEFAULT_BACKBONES = "baseline,efficientnet_lite0,resnet50,xception,inceptionv3"
 PHASES = ("frozen", "finetune")
@@ -455,22 +457,6 @@ def summarize(backbone: str, runs: list[dict], config) -> dict:
     return out
 
 
-def machine() -> dict:
-    import tensorflow as tf
-
-    return {
-        "cpu_count": os.cpu_count(),
-        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "processor": platform.processor() or platform.machine(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "tensorflow": tf.__version__,
-        "keras": __import__("keras").__version__,
-        "gpus": len(tf.config.list_physical_devices("GPU")),
-        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
-    }
-
-
 def code_version() -> dict:
     """The commit measured, and whether lmrec/ had uncommitted changes (it was measured as is)."""
 
@@ -571,7 +557,7 @@ def main(argv: list[str] | None = None) -> int:
     import tensorflow as tf  # noqa: F401 - before the clock: TensorFlow's start is not timed
 
     names = [b.strip() for b in args.backbones.split(",") if b.strip()]
-    info = machine()
+    info = machine_info.machine()
     started = time.time()
     tmp = tempfile.mkdtemp(prefix="lmrec-throughput-")
     try:
