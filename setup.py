@@ -59,6 +59,7 @@ setup(
             "lmrec-evaluate=lmrec.evaluate:run",
             "lmrec-export=lmrec.export:run",
             "lmrec-predict=lmrec.predict:run",
+            "lmrec-gradcam=lmrec.gradcam:run",
         ]
     },
 )

@@ -144,6 +144,9 @@ class EvaluateConfig:
     """What lmrec.evaluate (and the evaluation at the end of training) measures on."""
 
     data: str = ""  # "": the validation shards the model was trained with.
+    distractors: str = ""  # a folder of photos without landmarks
+    reject_threshold: float = 0.0  # top probability below which the answer is "no landmark"
+    cam_crop: bool = False  # also classify the Grad-CAM crop and report its effect
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,6 +157,14 @@ class PredictConfig:
     output: str = "tags.csv"
     top_k: int = 5
     batch_size: int = 32
+
+
+@dataclasses.dataclass(frozen=True)
+class GradcamConfig:
+    """What lmrec.gradcam explains and where its pictures go."""
+
+    class_name: str = ""  # "": each photo's predicted class.
+    gradcam_dir: str = ""  # "": <model_dir>/gradcam
 
 
 @dataclasses.dataclass(frozen=True)
@@ -243,6 +254,7 @@ ALL_CONFIG_CLASSES = (
     PredictConfig,
     CompareConfig,
     LrFindConfig,
+    GradcamConfig,
 )
 
 

@@ -6,7 +6,9 @@ Signatures:
   serving_default  image_bytes: string [batch] of encoded JPEG/PNG/GIF/BMP/WebP
                    (what TF Serving's REST API makes of {"b64": ...}), any size
                    -> classes (string [batch, k]), scores (float [batch, k]),
-                      probabilities (float [batch, num_classes])
+                      probabilities (float [batch, num_classes]),
+                      no_landmark (bool [batch], only when the model_dir's
+                      --reject_threshold is above 0)
   serving_images   images: uint8 [batch, height, width, 3] -> the same outputs
 Decoding, resizing and the backbone's normalization run inside the graph. A
 version is never overwritten; the folder appears only once complete.
@@ -32,10 +34,19 @@ METADATA_FILE = "lmrec.json"
 EXTRA_DIR = "assets.extra"  # TF Serving's place for files beside the model (warm-up, labels).
 
 
-def serving_functions(model, class_names: list[str], image_size: int, preprocess, top_k: int):
+def serving_functions(
+    model,
+    class_names: list[str],
+    image_size: int,
+    preprocess,
+    top_k: int,
+    reject_threshold: float = 0.0,
+):
     """Returns (from_bytes, from_uint8): the two endpoints as plain functions of the model.
 
     Used both for the export and, in memory, by lmrec.predict on a model_dir.
+    With a reject_threshold above 0 the outputs add no_landmark (bool [batch]):
+    the top probability is below the threshold.
     """
     labels = tf.constant(class_names)
     k = min(top_k, len(class_names))
@@ -43,11 +54,14 @@ def serving_functions(model, class_names: list[str], image_size: int, preprocess
     def outputs(images: tf.Tensor) -> dict[str, tf.Tensor]:
         probabilities = tf.cast(model(preprocess(images), training=False), tf.float32)
         scores, indices = tf.math.top_k(probabilities, k=k)
-        return {
+        result = {
             "classes": tf.gather(labels, indices),
             "scores": scores,
             "probabilities": probabilities,
         }
+        if reject_threshold > 0:
+            result["no_landmark"] = scores[:, 0] < reject_threshold
+        return result
 
     def from_bytes(image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
         images = tf.map_fn(
@@ -94,8 +108,14 @@ def export_saved_model(
     path = os.path.join(base, str(version))
     if os.path.exists(path):
         raise UserError(f"{path} already exists; versions are never overwritten (omit --version)")
+    threshold = trained.config.evaluate.reject_threshold
     from_bytes, from_uint8 = serving_functions(
-        trained.model, trained.class_names, trained.image_size, trained.preprocess, config.top_k
+        trained.model,
+        trained.class_names,
+        trained.image_size,
+        trained.preprocess,
+        config.top_k,
+        threshold,
     )
     archive = keras.export.ExportArchive()
     archive.track(trained.model)
@@ -115,6 +135,7 @@ def export_saved_model(
             "max_image_side": trained.config.prepare.max_image_side,
             "top_k": min(config.top_k, len(trained.class_names)),
             "class_names": trained.class_names,
+            "reject_threshold": threshold,
         }
         atomic.write_json(os.path.join(extra, METADATA_FILE), metadata)
     if verbose:

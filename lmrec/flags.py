@@ -19,6 +19,7 @@ from lmrec.config import (
     DataConfig,
     EvaluateConfig,
     ExportConfig,
+    GradcamConfig,
     LrFindConfig,
     ModelConfig,
     PredictConfig,
@@ -408,11 +409,37 @@ FLAG_TABLE: tuple[tuple[type, str, str], ...] = (
         "training.",
     ),
     (
+        EvaluateConfig,
+        "distractors",
+        "For lmrec.evaluate: a folder of photos without landmarks (people, gear, indoor shots), "
+        "evaluated as non-landmark queries: GAP is reported with and without them.",
+    ),
+    (
+        EvaluateConfig,
+        "reject_threshold",
+        "Answer 'no landmark' when the top probability is below this (0: never). Stored with "
+        "the model by lmrec.train; lmrec.evaluate --reject_threshold overrides it.",
+    ),
+    (
+        EvaluateConfig,
+        "cam_crop",
+        "For lmrec.evaluate: also crop each photo to its Grad-CAM region, classify the crop "
+        "and report accuracy and GAP of the whole photo, the crop and their mean.",
+    ),
+    (
         PredictConfig,
         "model",
         "An export folder (SavedModel, or its parent of versions) or a training model_dir.",
     ),
     (PredictConfig, "output", "Where predict writes tags: a .csv or .json path."),
+    # gradcam: what the model looked at
+    (
+        GradcamConfig,
+        "class_name",
+        "For lmrec.gradcam: explain this class for every photo; default: each photo's "
+        "predicted class.",
+    ),
+    (GradcamConfig, "gradcam_dir", "For lmrec.gradcam: where PNGs go; default model_dir/gradcam."),
     # compare: several models on the same data, one table
     (
         CompareConfig,

@@ -100,3 +100,143 @@ def classification_report(labels: np.ndarray, probabilities: np.ndarray) -> dict
         "confusion_matrix": counts,
         "per_class": per_class_scores(counts),
     }
+
+
+def calibration(confidences: np.ndarray, correct: np.ndarray, bins: int = 15) -> dict:
+    """Reliability table and expected calibration error (Guo et al. 2017).
+
+    Predictions are put into `bins` equal-width confidence bins; ECE is the
+    support-weighted mean of |accuracy - mean confidence| over the bins.
+
+    Returns:
+      {"ece", "bins": [{"low", "high", "count", "accuracy", "confidence"}]}
+      (accuracy and confidence are None for an empty bin).
+    """
+    confidences = np.asarray(confidences, np.float64)
+    correct = np.asarray(correct, bool)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    # Bin i holds (edges[i], edges[i + 1]]; a confidence of exactly 0 goes to the first.
+    index = np.clip(np.searchsorted(edges, confidences, side="left") - 1, 0, bins - 1)
+    rows, ece = [], 0.0
+    for i in range(bins):
+        members = index == i
+        count = int(members.sum())
+        row = {"low": float(edges[i]), "high": float(edges[i + 1]), "count": count}
+        if count:
+            accuracy = float(correct[members].mean())
+            confidence = float(confidences[members].mean())
+            ece += count * abs(accuracy - confidence)
+            row.update(accuracy=accuracy, confidence=confidence)
+        else:
+            row.update(accuracy=None, confidence=None)
+        rows.append(row)
+    total = len(confidences)
+    return {"ece": float(ece / total) if total else float("nan"), "bins": rows}
+
+
+def confusion_order(counts: np.ndarray) -> np.ndarray:
+    """A class order that puts classes confused with each other next to each other.
+
+    Spectral seriation: classes linked by confusions (in either direction) form
+    groups; within a group, classes are sorted by the Fiedler vector (second
+    eigenvector of the normalized graph Laplacian) of the symmetric,
+    row-normalized confusion rates, which places strongly confused classes close
+    together. Groups follow each other; classes never confused come last, in
+    their original order.
+    """
+    counts = np.asarray(counts, np.float64)
+    totals = counts.sum(axis=1, keepdims=True)
+    rates = np.divide(counts, totals, out=np.zeros_like(counts), where=totals > 0)
+    np.fill_diagonal(rates, 0.0)
+    similarity = rates + rates.T
+    linked = similarity.sum(axis=1) > 0
+    order: list[int] = []
+    for group in _components(similarity):
+        if not linked[group[0]]:
+            continue
+        if len(group) > 2:
+            block = similarity[np.ix_(group, group)]
+            scale = 1.0 / np.sqrt(block.sum(axis=1))
+            laplacian = np.eye(len(group)) - scale[:, None] * block * scale[None, :]
+            fiedler = np.linalg.eigh(laplacian)[1][:, 1] * scale
+            group = [group[i] for i in np.argsort(fiedler, kind="stable")]
+        order.extend(group)
+    order.extend(np.flatnonzero(~linked).tolist())
+    return np.asarray(order, np.int64)
+
+
+def _components(similarity: np.ndarray) -> list[list[int]]:
+    """Connected components of a graph given by its weighted adjacency matrix."""
+    n = len(similarity)
+    seen = np.zeros(n, bool)
+    groups = []
+    for start in range(n):
+        if seen[start]:
+            continue
+        stack, group = [start], []
+        seen[start] = True
+        while stack:
+            node = stack.pop()
+            group.append(node)
+            for other in np.flatnonzero(similarity[node] > 0):
+                if not seen[other]:
+                    seen[other] = True
+                    stack.append(other)
+        groups.append(sorted(group))
+    return groups
+
+
+def coverage_curve(confidences: np.ndarray, correct: np.ndarray) -> dict:
+    """Precision of the predictions kept against the share kept, over every threshold.
+
+    Keeping the k most confident predictions gives coverage k/N and precision
+    (correct among them)/k. A distractor (a photo without a landmark) counts as a
+    wrong prediction whenever it is kept.
+
+    Returns:
+      {"coverage", "precision", "threshold"}: arrays ordered by falling threshold.
+    """
+    confidences = np.asarray(confidences, np.float64)
+    order = np.argsort(-confidences, kind="stable")
+    hits = np.cumsum(np.asarray(correct, bool)[order])
+    kept = np.arange(1, len(order) + 1)
+    return {
+        "coverage": kept / max(len(order), 1),
+        "precision": hits / kept,
+        "threshold": confidences[order],
+    }
+
+
+def check_threshold(threshold: float) -> None:
+    """Raises UserError unless the reject threshold is a probability."""
+    from lmrec.errors import UserError
+
+    if not 0.0 <= threshold <= 1.0:
+        raise UserError(f"--reject_threshold must be within [0, 1], got {threshold}")
+
+
+def thresholds_for_precision(curve: dict, targets=(0.9, 0.95, 0.99)) -> dict[str, float | None]:
+    """The lowest reject threshold at which the kept predictions reach each target precision.
+
+    curve: coverage_curve's result. None where no threshold reaches the target.
+    """
+    result: dict[str, float | None] = {}
+    for target in targets:
+        reaching = np.flatnonzero(curve["precision"] >= target)
+        result[f"{target:g}"] = float(curve["threshold"][reaching[-1]]) if len(reaching) else None
+    return result
+
+
+def apply_rejection(probabilities: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """Top-1 predictions and confidences, NO_LANDMARK where the confidence is below threshold.
+
+    A confidence equal to the threshold is kept. Returns (predictions, confidences);
+    a rejected query's confidence is -inf, so GAP treats it as no prediction.
+    """
+    predictions = np.argmax(probabilities, axis=1)
+    confidences = probabilities[np.arange(len(predictions)), predictions].astype(np.float64)
+    rejected = confidences < threshold
+    return (
+        np.where(rejected, NO_LANDMARK, predictions),
+        np.where(rejected, -np.inf, confidences),
+    )

@@ -23,21 +23,45 @@ def _png_bytes(figure, dpi: int = 110) -> bytes:
     return buffer.getvalue()
 
 
-def _save(figure, path: str) -> None:
-    atomic.write_bytes(path, _png_bytes(figure))
+def _save(figure, path: str) -> bytes:
+    """Writes the figure as a PNG file atomically; returns the PNG bytes (for reports)."""
+    png = _png_bytes(figure)
+    atomic.write_bytes(path, png)
+    return png
 
 
-def confusion_matrix_png(counts: np.ndarray, class_names: list[str], path: str, title: str) -> None:
-    """Row-normalized confusion matrix; cell counts are written when there is room."""
+def confusion_matrix_png(
+    counts: np.ndarray,
+    class_names: list[str],
+    path: str,
+    title: str,
+    order: np.ndarray | None = None,
+    annotate_top: int = 10,
+) -> bytes:
+    """Row-normalized confusion matrix that stays readable with many classes.
+
+    Classes are shown in `order` (metrics.confusion_order clusters confused
+    classes); counts are written in every cell up to 30 classes, beyond that only
+    on the diagonal's neighbours that matter: the `annotate_top` largest
+    confusions are circled and labelled with their counts. Tick labels thin out
+    above 60 classes.
+    """
     n = len(class_names)
+    order = np.arange(n) if order is None else np.asarray(order)
+    counts = counts[np.ix_(order, order)]
+    names = [class_names[i] for i in order]
     totals = counts.sum(axis=1, keepdims=True)
     normalized = np.divide(counts, totals, out=np.zeros(counts.shape), where=totals > 0)
-    side = min(4 + 0.45 * n, 30)
+    side = min(4 + 0.3 * n, 28)
     figure, axis = plt.subplots(figsize=(side, side * 0.9))
     image = axis.imshow(normalized, cmap="Blues", vmin=0.0, vmax=1.0)
     figure.colorbar(image, ax=axis, fraction=0.046, pad=0.04, label="fraction of true class")
-    axis.set_xticks(range(n), labels=class_names, rotation=60, ha="right", fontsize=8)
-    axis.set_yticks(range(n), labels=class_names, fontsize=8)
+    step = max(1, -(-n // 60))
+    ticks = range(0, n, step)
+    font = 8 if n <= 30 else max(4, 9 - n // 25)
+    axis.set_xticks(ticks, labels=[names[i][:30] for i in ticks], rotation=60, ha="right")
+    axis.set_yticks(ticks, labels=[names[i][:30] for i in ticks])
+    axis.tick_params(labelsize=font)
     axis.set_xlabel("predicted")
     axis.set_ylabel("true")
     axis.set_title(title)
@@ -55,7 +79,85 @@ def confusion_matrix_png(counts: np.ndarray, class_names: list[str], path: str, 
                         fontsize=7,
                         color=color,
                     )
-    _save(figure, path)
+    off_diagonal = counts - np.diag(np.diag(counts))
+    top = np.argsort(-off_diagonal, axis=None, kind="stable")[:annotate_top]
+    for true, predicted in zip(*np.unravel_index(top, counts.shape), strict=True):
+        if not off_diagonal[true, predicted]:
+            continue
+        axis.scatter(
+            predicted, true, s=160, facecolors="none", edgecolors="tab:red", linewidths=1.2
+        )
+        if n > 30:
+            axis.annotate(
+                f"{counts[true, predicted]}: {names[true][:16]} -> {names[predicted][:16]}",
+                (predicted, true),
+                xytext=(6, -6),
+                textcoords="offset points",
+                fontsize=7,
+                color="tab:red",
+            )
+    return _save(figure, path)
+
+
+def reliability_png(calibration: dict, path: str, title: str) -> bytes:
+    """Reliability diagram: accuracy per confidence bin against the diagonal, with ECE.
+
+    calibration: metrics.calibration's result. Bar widths are the bins; the bar
+    under each shows how many predictions fell in it.
+    """
+    bins = [b for b in calibration["bins"] if b["count"]]
+    figure, (axis, counts_axis) = plt.subplots(
+        2, 1, figsize=(5, 6), gridspec_kw={"height_ratios": [3, 1]}, sharex=True
+    )
+    for b in bins:
+        width = b["high"] - b["low"]
+        axis.bar(
+            b["low"],
+            b["accuracy"],
+            width=width,
+            align="edge",
+            color="tab:blue",
+            alpha=0.8,
+            edgecolor="white",
+        )
+        gap_low, gap_high = sorted((b["accuracy"], b["confidence"]))
+        axis.bar(
+            b["low"],
+            gap_high - gap_low,
+            bottom=gap_low,
+            width=width,
+            align="edge",
+            color="tab:red",
+            alpha=0.25,
+        )
+        counts_axis.bar(b["low"], b["count"], width=width, align="edge", color="tab:gray")
+    axis.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
+    axis.set_ylabel("accuracy")
+    axis.set_xlim(0, 1)
+    axis.set_ylim(0, 1)
+    axis.set_title(f"{title}\nECE {calibration['ece']:.3f}")
+    axis.legend(loc="upper left", fontsize=8)
+    counts_axis.set_xlabel("confidence of the top prediction")
+    counts_axis.set_ylabel("predictions")
+    return _save(figure, path)
+
+
+def coverage_png(curves: dict[str, dict], path: str, title: str) -> bytes:
+    """Precision of the kept predictions against coverage, one line per curve.
+
+    curves: {label: metrics.coverage_curve(...)}, e.g. with and without distractors.
+    """
+    figure, axis = plt.subplots(figsize=(5.5, 4))
+    for label, curve in curves.items():
+        axis.plot(curve["coverage"], curve["precision"], label=label)
+    axis.set_xlabel("coverage (share of photos given a landmark)")
+    axis.set_ylabel("precision of the tags given")
+    axis.set_xlim(0, 1)
+    axis.set_ylim(0, 1.02)
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+    axis.set_title(title)
+    return _save(figure, path)
 
 
 def training_curves_png(history: list[dict], path: str) -> None:
@@ -113,6 +215,25 @@ def prediction_grid_png(
             color="tab:green" if true == predicted else "tab:red",
         )
     return _png_bytes(figure, dpi=80)
+
+
+def explanation_grid_png(rows: list[dict], path: str) -> None:
+    """Photo | Grad-CAM overlay | saliency, one row per photo (lmrec.gradcam).
+
+    Each row: {"name", "title", "photo": uint8 [S, S, 3], "gradcam": uint8 [S, S, 3],
+    "saliency": float [S, S] in [0, 1]}.
+    """
+    figure, axes = plt.subplots(len(rows), 3, figsize=(7.5, 2.6 * len(rows)), squeeze=False)
+    for (photo_axis, cam_axis, saliency_axis), row in zip(axes, rows, strict=True):
+        photo_axis.imshow(row["photo"])
+        photo_axis.set_title(row["name"][:36], fontsize=8)
+        cam_axis.imshow(row["gradcam"])
+        cam_axis.set_title(f"Grad-CAM: {row['title']}", fontsize=8)
+        saliency_axis.imshow(row["saliency"], cmap="gray", vmin=0.0, vmax=1.0)
+        saliency_axis.set_title("saliency", fontsize=8)
+        for axis in (photo_axis, cam_axis, saliency_axis):
+            axis.axis("off")
+    _save(figure, path)
 
 
 def dataset_stats_png(stats: dict, path: str) -> None:

@@ -23,11 +23,14 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
-from lmrec import atomic, export
+from lmrec import atomic, export, metrics
 from lmrec import model_dir as run_files
 from lmrec.config import PredictConfig
 from lmrec.data import images
 from lmrec.errors import UserError
+
+# The label of a photo whose top probability is below the reject threshold.
+NO_LANDMARK = "no landmark"
 
 
 @dataclass
@@ -38,6 +41,7 @@ class Tagger:
     max_image_side: int
     description: str
     serve: Callable[..., dict]  # serving_default: image_bytes -> {"probabilities", ...}
+    reject_threshold: float = 0.0  # top probability below which a photo gets NO_LANDMARK
 
     def probabilities(self, encoded: list[bytes]) -> np.ndarray:
         outputs = self.serve(image_bytes=tf.constant(encoded, dtype=tf.string))
@@ -72,6 +76,7 @@ def load_tagger(model: str) -> Tagger:
             max_image_side=trained.config.prepare.max_image_side,
             description=f"model_dir {model}",
             serve=lambda image_bytes: serve(image_bytes),
+            reject_threshold=trained.config.evaluate.reject_threshold,
         )
     saved_model = model
     if not os.path.isfile(os.path.join(model, "saved_model.pb")):
@@ -89,6 +94,7 @@ def load_tagger(model: str) -> Tagger:
         max_image_side=metadata["max_image_side"],
         description=f"SavedModel {saved_model}",
         serve=signature,
+        reject_threshold=metadata.get("reject_threshold", 0.0),
     )
 
 
@@ -159,8 +165,12 @@ def predict(
     top_k: int = 5,
     batch_size: int = 32,
     verbose: bool = True,
+    reject_threshold: float | None = None,
 ) -> PredictResult:
     """Tags every photo under inputs; writes CSV or JSON to output when given.
+
+    A photo whose top probability is below reject_threshold (None: the model's
+    stored --reject_threshold) is labelled NO_LANDMARK; its top-k stay in the output.
 
     Returns:
       Rows ({"file", "label", "score", "top": [(label, score), ...]}), failures
@@ -171,6 +181,8 @@ def predict(
     if output and not output.lower().endswith((".csv", ".json")):
         raise UserError(f"--output={output!r} must end with .csv or .json")
     tagger = load_tagger(model)
+    threshold = tagger.reject_threshold if reject_threshold is None else reject_threshold
+    metrics.check_threshold(threshold)
     paths, ignored = find_images(inputs)
     result = PredictResult(ignored=ignored, output=output)
     k = max(1, min(top_k, len(tagger.class_names)))
@@ -185,9 +197,8 @@ def predict(
             for (path, _), row in zip(good, probabilities, strict=True):
                 order = np.argsort(-row, kind="stable")[:k]
                 top = [(tagger.class_names[i], float(row[i])) for i in order]
-                result.rows.append(
-                    {"file": path, "label": top[0][0], "score": top[0][1], "top": top}
-                )
+                label = top[0][0] if top[0][1] >= threshold else NO_LANDMARK
+                result.rows.append({"file": path, "label": label, "score": top[0][1], "top": top})
         progress.update(len(batch))
     progress.close()
     if output:
@@ -262,7 +273,17 @@ def main(argv: list[str]) -> int:
     from lmrec import config as config_lib
 
     settings: PredictConfig = config_lib.from_flags(PredictConfig, flags.FLAGS)
-    result = predict(settings.model, argv[1:], settings.output, settings.top_k, settings.batch_size)
+    threshold = None
+    if flags.FLAGS["reject_threshold"].present:
+        threshold = flags.FLAGS.reject_threshold
+    result = predict(
+        settings.model,
+        argv[1:],
+        settings.output,
+        settings.top_k,
+        settings.batch_size,
+        reject_threshold=threshold,
+    )
     missing = [entry for entry in result.ignored if entry["reason"] == "no such file or folder"]
     return 1 if (result.failures or missing) else 0
 

@@ -716,7 +716,11 @@ def train_and_evaluate(
         from lmrec import evaluate
 
         result.metrics = evaluate.evaluate(
-            model_dir, config.evaluate.data, config.data.batch_size, verbose=verbose
+            model_dir,
+            config.evaluate.data,
+            config.data.batch_size,
+            verbose=verbose,
+            distractors=config.evaluate.distractors,
         ).metrics
     if config.train.export_after and chief:
         from lmrec import export

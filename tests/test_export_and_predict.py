@@ -137,6 +137,33 @@ def test_predict_from_the_export_matches_predict_from_model_dir(
     )
 
 
+def test_reject_threshold_tags_low_confidence_photos_no_landmark(trained_demo, mixed_folder):
+    plain = predict.predict(trained_demo.model_dir, [str(mixed_folder)], verbose=False)
+    scores = sorted(r["score"] for r in plain.rows)
+    boundary = scores[1]  # a score equal to the threshold is kept
+    result = predict.predict(
+        trained_demo.model_dir, [str(mixed_folder)], verbose=False, reject_threshold=boundary
+    )
+    for before, after in zip(plain.rows, result.rows, strict=True):
+        expected = predict.NO_LANDMARK if before["score"] < boundary else before["label"]
+        assert after["label"] == expected and after["top"] == before["top"]
+    assert sum(r["label"] == predict.NO_LANDMARK for r in result.rows) == 1
+    with pytest.raises(UserError, match="--reject_threshold"):
+        predict.predict(trained_demo.model_dir, [str(mixed_folder)], reject_threshold=-0.1)
+
+
+def test_serving_outputs_a_no_landmark_flag_only_with_a_threshold(trained):
+    batch = tf.constant(_demo_jpegs(5))
+    args = (trained.model, trained.class_names, trained.image_size, trained.preprocess, 2)
+    plain = export.serving_functions(*args)[0](batch)
+    assert "no_landmark" not in plain
+    threshold = float(np.median(plain["scores"][:, 0]))
+    flagged = export.serving_functions(*args, reject_threshold=threshold)[0](batch)
+    np.testing.assert_array_equal(
+        flagged["no_landmark"].numpy(), plain["scores"][:, 0].numpy() < threshold
+    )
+
+
 def test_predict_command_line_exit_code_and_json(
     trained_demo, mixed_folder, tmp_path, env_for_subprocess
 ):

@@ -76,3 +76,76 @@ def test_report_on_perfect_predictions():
     labels = np.array([0, 1, 2, 1])
     report = metrics.classification_report(labels, np.eye(3)[labels] * 0.9 + 0.1 / 3)
     assert report["accuracy"] == 1.0 and report["macro_f1"] == 1.0 and report["gap"] == 1.0
+
+
+def test_calibration_error_on_a_hand_computed_example():
+    confidence = np.array([0.95, 0.95, 0.55, 0.55])
+    correct = np.array([1, 0, 1, 1])
+    result = metrics.calibration(confidence, correct, bins=10)
+    # Bin (0.9, 1]: accuracy 0.5 at confidence 0.95; bin (0.5, 0.6]: accuracy 1 at 0.55.
+    assert result["ece"] == pytest.approx((2 * 0.45 + 2 * 0.45) / 4)
+    filled = [b for b in result["bins"] if b["count"]]
+    assert [(b["low"], b["count"], b["accuracy"]) for b in filled] == [
+        (pytest.approx(0.5), 2, 1.0),
+        (pytest.approx(0.9), 2, 0.5),
+    ]
+    assert sum(b["count"] for b in result["bins"]) == 4
+
+
+def test_a_calibrated_model_has_near_zero_ece():
+    rng = np.random.default_rng(0)
+    confidence = rng.uniform(0.2, 1.0, 200_000)
+    correct = rng.random(confidence.size) < confidence
+    assert metrics.calibration(confidence, correct)["ece"] < 0.01
+    assert metrics.calibration(confidence, np.ones_like(correct))["ece"] > 0.3
+
+
+def test_confusion_order_puts_confused_classes_side_by_side():
+    counts = np.diag([20, 20, 20, 20, 20, 20])
+    counts[0, 4] = counts[4, 0] = 8  # 0 and 4 are confused, as are 2 and 5
+    counts[2, 5] = 9
+    counts[5, 2] = 3
+    order = metrics.confusion_order(counts).tolist()
+    assert sorted(order) == list(range(6))
+    position = {c: i for i, c in enumerate(order)}
+    assert abs(position[0] - position[4]) == 1
+    assert abs(position[2] - position[5]) == 1
+    assert order[-2:] == [1, 3]  # never confused: last, in their order
+
+
+def test_confusion_order_recovers_a_shuffled_chain():
+    # Confusions only between neighbours of the chain 0-1-2-...-7, with classes shuffled.
+    chain = np.diag(np.full(8, 30))
+    for i in range(7):
+        chain[i, i + 1] = chain[i + 1, i] = 5
+    permutation = np.random.default_rng(3).permutation(8)
+    shuffled = chain[np.ix_(permutation, permutation)]
+    order = metrics.confusion_order(shuffled)
+    recovered = permutation[order].tolist()
+    assert recovered in (list(range(8)), list(range(7, -1, -1)))
+
+
+def test_coverage_curve_by_hand():
+    confidence = np.array([0.9, 0.3, 0.8, 0.5])
+    correct = np.array([1, 1, 0, 1])
+    curve = metrics.coverage_curve(confidence, correct)
+    np.testing.assert_allclose(curve["coverage"], [0.25, 0.5, 0.75, 1.0])
+    np.testing.assert_allclose(curve["precision"], [1.0, 0.5, 2 / 3, 0.75])
+    np.testing.assert_allclose(curve["threshold"], [0.9, 0.8, 0.5, 0.3])
+
+
+def test_rejection_keeps_a_confidence_equal_to_the_threshold():
+    probabilities = np.array([[0.6, 0.4], [0.5, 0.5], [0.3, 0.7], [0.45, 0.55]])
+    predictions, confidences = metrics.apply_rejection(probabilities, 0.55)
+    assert predictions.tolist() == [0, metrics.NO_LANDMARK, 1, 1]
+    assert confidences[1] == -np.inf and confidences[3] == pytest.approx(0.55)
+    np.testing.assert_array_equal(metrics.apply_rejection(probabilities, 0.0)[0], [0, 0, 1, 1])
+    # A rejected landmark photo is not correct and not ranked; a rejected distractor costs nothing.
+    true = np.array([0, 0, 1, metrics.NO_LANDMARK])
+    gap = metrics.global_average_precision(true, predictions, confidences)
+    assert gap == pytest.approx((1 + 1) / 3)
+    no_rejection = metrics.global_average_precision(
+        true, *metrics.apply_rejection(probabilities, 0)
+    )
+    # Ranked 0.7 (right), 0.6 (right), 0.55 (distractor, wrong), 0.5 (right): (1 + 1 + 3/4) / 3.
+    assert no_rejection == pytest.approx((1 + 1 + 0.75) / 3)
