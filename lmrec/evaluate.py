@@ -547,6 +547,7 @@ def main(argv: list[str]) -> int:
         batch_size,
         distractors=settings.distractors,
         reject_threshold=threshold,
+        cam_crop=settings.cam_crop,
     )
     return 0
 

@@ -8,6 +8,9 @@ import io
 import json
 import os
 import re
+import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -17,6 +20,7 @@ from lmrec import evaluate, metrics, report
 from lmrec import model_dir as run_files
 from lmrec.data.sources import demo
 from lmrec.errors import UserError
+from tests.conftest import REPO
 
 
 @pytest.fixture(scope="module")
@@ -154,3 +158,29 @@ def test_cam_crop_reports_whole_crop_and_mean(trained_demo, trained, photo_folde
         assert 0.0 <= entry["accuracy"] <= 1.0
     page = open(os.path.join(result.report_dir, "report.html"), encoding="utf-8").read()
     assert 'id="cam-crop"' in page
+
+
+def test_command_line_passes_every_evaluate_flag(
+    trained_demo, photo_folders, tmp_path, env_for_subprocess
+):
+    model_dir = tmp_path / "model"  # a copy: the other tests read the shared run's report
+    shutil.copytree(
+        trained_demo.model_dir, model_dir, ignore=shutil.ignore_patterns("report", "logs", "resume")
+    )
+    command = [
+        sys.executable,
+        "-m",
+        "lmrec.evaluate",
+        f"--model_dir={model_dir}",
+        f"--data={photo_folders / 'landmarks'}",
+        f"--distractors={photo_folders / 'distractors'}",
+        "--reject_threshold=0.4",
+        "--cam_crop",
+    ]
+    done = subprocess.run(command, cwd=REPO, env=env_for_subprocess, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    written = json.load(open(model_dir / "report" / "metrics.json"))
+    assert written["open_set"]["threshold"] == 0.4 and written["open_set"]["distractors"] == 5
+    assert set(written["cam_crop"]) == {"whole", "crop", "mean"}
+    assert os.path.isfile(model_dir / "report" / "report.html")
+    assert os.listdir(model_dir / "logs" / "evaluate")  # the TensorBoard event file
