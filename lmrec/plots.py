@@ -102,6 +102,8 @@ def confusion_matrix_png(
 def reliability_png(calibration: dict, path: str, title: str) -> bytes:
     """Reliability diagram: accuracy per confidence bin against the diagonal, with ECE.
 
+    Hatched: the gap between a bin's accuracy and its mean confidence.
+
     calibration: metrics.calibration's result. Bar widths are the bins; the bar
     under each shows how many predictions fell in it.
     """
@@ -127,11 +129,15 @@ def reliability_png(calibration: dict, path: str, title: str) -> bytes:
             bottom=gap_low,
             width=width,
             align="edge",
-            color="tab:red",
-            alpha=0.25,
+            fill=False,
+            hatch="//",
+            edgecolor="tab:red",
+            linewidth=0.5,
         )
         counts_axis.bar(b["low"], b["count"], width=width, align="edge", color="tab:gray")
     axis.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
+    axis.bar(0, 0, color="tab:blue", label="accuracy")
+    axis.bar(0, 0, fill=False, hatch="//", edgecolor="tab:red", label="gap to confidence")
     axis.set_ylabel("accuracy")
     axis.set_xlim(0, 1)
     axis.set_ylim(0, 1)
