@@ -1,4 +1,5 @@
-"""Every backbone builds at its minimum size with weights=None and takes a training step."""
+"""Every backbone builds at its minimum size with weights=None, takes a training step and
+gives a Grad-CAM map."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import keras
 import numpy as np
 import pytest
 
+from lmrec import gradcam
 from lmrec.config import ModelConfig
 from lmrec.errors import UserError
 from lmrec.models import backbones, classifier, freezing
@@ -28,6 +30,12 @@ def test_builds_at_its_minimum_size_and_trains_one_step(name):
     assert model.backbone.name == "backbone" and model.head.name == "head"
     assert len(model.backbone.output.shape) == 4, "backbones return a feature map"
     images = np.random.default_rng(0).uniform(-1, 1, (2, size, size, 3)).astype("float32")
+    # Grad-CAM needs no layer names: the gradient w.r.t. the backbone's output map.
+    maps, chosen, cam_probabilities = gradcam.gradcam(model, images)
+    assert maps.shape == (2, *model.backbone.output.shape[1:3])
+    assert np.isfinite(maps).all() and maps.min() >= 0 and maps.max() <= 1
+    np.testing.assert_allclose(cam_probabilities, model.predict(images, verbose=0), atol=1e-4)
+    assert chosen.shape == (2,) and all(0 <= c < 3 for c in chosen)
     labels = keras.utils.to_categorical([0, 2], 3)
     model.compile(optimizer=keras.optimizers.SGD(0.01), loss="categorical_crossentropy")
     before = [w.numpy().copy() for w in model.head.trainable_weights]

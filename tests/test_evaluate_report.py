@@ -184,3 +184,23 @@ def test_command_line_passes_every_evaluate_flag(
     assert set(written["cam_crop"]) == {"whole", "crop", "mean"}
     assert os.path.isfile(model_dir / "report" / "report.html")
     assert os.listdir(model_dir / "logs" / "evaluate")  # the TensorBoard event file
+
+
+def test_a_60_class_confusion_matrix_is_drawn_ordered_with_its_top_confusions(tmp_path):
+    from lmrec import plots
+
+    rng = np.random.default_rng(0)
+    counts = np.diag(rng.integers(20, 40, 60))
+    pairs = [(3, 41), (41, 3), (17, 58), (8, 9)]
+    for true, predicted in pairs:
+        counts[true, predicted] = 7
+    names = [f"Landmark number {i} with a long name" for i in range(60)]
+    order = metrics.confusion_order(counts)
+    position = {c: i for i, c in enumerate(order.tolist())}
+    for true, predicted in pairs:
+        assert abs(position[true] - position[predicted]) == 1
+    path = tmp_path / "confusion.png"
+    png = plots.confusion_matrix_png(counts, names, str(path), "60 classes", order=order)
+    assert path.read_bytes() == png
+    with Image.open(path) as image:
+        assert image.size[0] > 1500  # large enough to read 60 rows
