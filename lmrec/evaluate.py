@@ -368,7 +368,7 @@ def summarize(
     summary = _summary(closed, names, source)
     summary["ece"] = calibration["ece"]
     summary["calibration"] = calibration["bins"]
-    summary["open_set"] = _open_set(labels, probabilities, threshold, distractors)
+    summary["open_set"] = _open_set(found, threshold, distractors)
     if found.crop_probabilities is not None:
         summary["cam_crop"] = _cam_crop(
             labels[landmark], probabilities[landmark], found.crop_probabilities[landmark]
@@ -392,7 +392,8 @@ def _cam_crop(labels, whole, crops) -> dict:
     return result
 
 
-def _open_set(labels, probabilities, threshold: float, distractors: int) -> dict:
+def _open_set(found: Predictions, threshold: float, distractors: int) -> dict:
+    labels, probabilities = found.labels, found.probabilities
     landmark = labels != metrics.NO_LANDMARK
     predictions, confidences = metrics.apply_rejection(probabilities, threshold)
     rejected = predictions == metrics.NO_LANDMARK
@@ -407,17 +408,15 @@ def _open_set(labels, probabilities, threshold: float, distractors: int) -> dict
         "landmarks_rejected": float(np.mean(rejected[landmark])) if landmark.any() else None,
         "distractors_rejected": float(np.mean(rejected[~landmark])) if distractors else None,
     }
-    top = probabilities.max(axis=1)
-    right = probabilities.argmax(axis=1) == labels
-    # Thresholds to pass as --reject_threshold for a wanted precision of the tags given.
-    result["thresholds_for_precision"] = metrics.thresholds_for_precision(
-        metrics.coverage_curve(top, right)
-    )
+    # Thresholds to pass as --reject_threshold for a wanted precision of the tags given,
+    # on every evaluated photo (distractors included).
+    every_photo = list(coverage_curves(found).values())[-1]
+    result["thresholds_for_precision"] = metrics.thresholds_for_precision(every_photo)
     return result
 
 
 def coverage_curves(found: Predictions) -> dict[str, dict]:
-    """Precision against coverage for the landmark photos, and with distractors if any."""
+    """Precision against coverage for the landmark photos, then with distractors if any."""
     labels, probabilities = found.labels, found.probabilities
     top = probabilities.max(axis=1)
     right = probabilities.argmax(axis=1) == labels
@@ -451,7 +450,10 @@ def _figures(found: Predictions, summary: dict, names, report_dir: str, name: st
         ),
     }
     if found.gallery:
-        label_name = lambda i: "no landmark" if i == metrics.NO_LANDMARK else names[i]  # noqa: E731
+
+        def label_name(index: int) -> str:
+            return metrics.NO_LANDMARK_NAME if index == metrics.NO_LANDMARK else names[index]
+
         rows = [found.probabilities[entry["index"]] for entry in found.gallery]
         png = plots.prediction_grid_png(
             np.stack([entry["image"] for entry in found.gallery]),
@@ -522,7 +524,7 @@ def _write_predictions(path, found: Predictions, names, threshold: float) -> Non
         writer.writerow(
             [
                 image_id,
-                "no landmark" if true == metrics.NO_LANDMARK else names[true],
+                metrics.NO_LANDMARK_NAME if true == metrics.NO_LANDMARK else names[true],
                 names[guess],
                 f"{row[guess]:.4f}",
                 int(true == guess),

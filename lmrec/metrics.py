@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 NO_LANDMARK = -1  # ground-truth label of a query that shows no landmark
+NO_LANDMARK_NAME = "no landmark"  # how reports, predictions and tags name it
 
 
 def top_k_accuracy(labels: np.ndarray, probabilities: np.ndarray, k: int) -> float:

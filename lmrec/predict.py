@@ -30,7 +30,7 @@ from lmrec.data import images
 from lmrec.errors import UserError
 
 # The label of a photo whose top probability is below the reject threshold.
-NO_LANDMARK = "no landmark"
+NO_LANDMARK = metrics.NO_LANDMARK_NAME
 
 
 @dataclass
