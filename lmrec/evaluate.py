@@ -21,7 +21,6 @@ import csv
 import io
 import os
 import sys
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -30,7 +29,7 @@ from tqdm import tqdm
 
 from lmrec import atomic, gradcam, metrics, plots, report
 from lmrec import model_dir as run_files
-from lmrec.data import images, pipeline, prepare, records
+from lmrec.data import pipeline, prepare, records
 from lmrec.data.sources import folders
 from lmrec.errors import UserError
 
@@ -94,36 +93,6 @@ def _pixels(images: tf.Tensor) -> tf.Tensor:
     return images
 
 
-def _photo_dataset(
-    items: list[tuple[str, str, int]], image_size: int, batch_size: int, max_side: int, skipped
-) -> tf.data.Dataset:
-    """(pixels, label, id) batches from (id, path, label) photos; bad photos go to skipped."""
-
-    def generate() -> Iterator[tuple[bytes, int, str]]:
-        for relative, path, label in items:
-            try:
-                encoded, _, _ = images.to_jpeg(images.read_file(path), path, max_side)
-            except images.BadImage as error:
-                skipped.append({"file": relative, "reason": str(error)})
-                continue
-            yield encoded, label, relative
-
-    signature = (
-        tf.TensorSpec([], tf.string),
-        tf.TensorSpec([], tf.int32),
-        tf.TensorSpec([], tf.string),
-    )
-    return (
-        tf.data.Dataset.from_generator(generate, output_signature=signature)
-        .map(
-            lambda b, y, i: (pipeline.decode_and_resize(b, image_size), y, i),
-            num_parallel_calls=tf.data.AUTOTUNE,
-        )
-        .batch(batch_size)
-        .prefetch(tf.data.AUTOTUNE)
-    )
-
-
 def _folder_data(trained, folder: str, batch_size: int) -> EvalData:
     class_names, found, rejected = folders.list_class_folder(folder)
     model_index = {name: i for i, name in enumerate(trained.class_names)}
@@ -137,7 +106,7 @@ def _folder_data(trained, folder: str, batch_size: int) -> EvalData:
     if not usable:
         raise UserError(f"--data={folder} has no photos in folders named after the model's classes")
     max_side = trained.config.prepare.max_image_side
-    dataset = _photo_dataset(usable, trained.image_size, batch_size, max_side, skipped)
+    dataset = pipeline.photo_dataset(usable, trained.image_size, batch_size, max_side, skipped)
     return EvalData(dataset, folder, skipped)
 
 
@@ -156,7 +125,7 @@ def distractor_data(trained, folder: str, batch_size: int) -> EvalData:
         for path in paths
     ]
     max_side = trained.config.prepare.max_image_side
-    dataset = _photo_dataset(items, trained.image_size, batch_size, max_side, skipped)
+    dataset = pipeline.photo_dataset(items, trained.image_size, batch_size, max_side, skipped)
     return EvalData(dataset, folder, skipped)
 
 

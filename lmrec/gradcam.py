@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from lmrec import model_dir as run_files
 from lmrec import plots
-from lmrec.data import images, pipeline
+from lmrec.data import pipeline
 from lmrec.errors import UserError
 
 # Share of the heatmap's colour in an overlay.
@@ -271,16 +271,6 @@ def cam_crop_probabilities(model, pixels: tf.Tensor, preprocess) -> tuple[np.nda
     return whole, cropped
 
 
-def load_photo(path: str, image_size: int, max_side: int = 0) -> np.ndarray:
-    """A photo as the model sees it: upright (EXIF), whole, resized to image_size; uint8.
-
-    Raises:
-      images.BadImage: unreadable or not an image.
-    """
-    encoded, _, _ = images.to_jpeg(images.read_file(path), path, max_side)
-    return pipeline.decode_and_resize(tf.constant(encoded), image_size).numpy().astype(np.uint8)
-
-
 @dataclass
 class GradcamResult:
     explanations: list[Explanation]
@@ -333,20 +323,19 @@ def explain_photos(
     output_dir = output_dir or os.path.join(model_dir, "gradcam")
     paths, ignored = find_images(list(inputs))
     failures = [entry for entry in ignored if entry["reason"] == "no such file or folder"]
-    loaded: list[tuple[str, np.ndarray]] = []
-    max_side = trained.config.prepare.max_image_side
-    for path in tqdm(paths, desc="read", unit="img", disable=not verbose):
-        try:
-            loaded.append((path, load_photo(path, trained.image_size, max_side)))
-        except images.BadImage as error:
-            failures.append({"file": path, "reason": str(error)})
+    skipped: list[dict[str, str]] = []
+    photos = pipeline.photo_dataset(
+        [(path, path, 0) for path in paths],
+        trained.image_size,
+        batch_size,
+        trained.config.prepare.max_image_side,
+        skipped,
+    )
     explanations: list[Explanation] = []
-    for start in tqdm(
-        range(0, len(loaded), batch_size), desc="gradcam", unit="batch", disable=not verbose
-    ):
-        chunk = loaded[start : start + batch_size]
-        pixels = np.stack([image for _, image in chunk])
-        explanations += explain_images(trained, pixels, [p for p, _ in chunk], class_name)
+    for pixels, _, ids in tqdm(photos, desc="gradcam", unit="batch", disable=not verbose):
+        names = [i.decode("utf-8") for i in ids.numpy()]
+        explanations += explain_images(trained, pixels.numpy(), names, class_name)
+    failures += skipped
     files = []
     names = _output_names([e.path for e in explanations])
     for explanation, name in zip(explanations, names, strict=True):

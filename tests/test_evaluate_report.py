@@ -47,18 +47,24 @@ def photo_folders(tmp_path_factory):
     return root
 
 
+def _evaluate(trained_demo, trained, photo_folders, **options):
+    """evaluate on the landmark photos of photo_folders, with the loaded model."""
+    return evaluate.evaluate(
+        trained_demo.model_dir,
+        data=str(photo_folders / "landmarks"),
+        verbose=False,
+        trained=trained,
+        **options,
+    )
+
+
 def _embedded_pngs(page: str) -> list[Image.Image]:
     found = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
     return [Image.open(io.BytesIO(base64.b64decode(data))) for data in found]
 
 
 def test_report_html_has_every_section_with_valid_images(trained_demo, trained, photo_folders):
-    result = evaluate.evaluate(
-        trained_demo.model_dir,
-        data=str(photo_folders / "landmarks"),
-        verbose=False,
-        trained=trained,
-    )
+    result = _evaluate(trained_demo, trained, photo_folders)
     page = (open(os.path.join(result.report_dir, "report.html"), encoding="utf-8")).read()
     for section in report.SECTIONS:
         assert f'id="{section}"' in page, section
@@ -82,11 +88,10 @@ def test_report_html_has_every_section_with_valid_images(trained_demo, trained, 
 def test_distractors_count_in_gap_ranking_and_the_threshold_rejects(
     trained_demo, trained, photo_folders
 ):
-    result = evaluate.evaluate(
-        trained_demo.model_dir,
-        data=str(photo_folders / "landmarks"),
-        verbose=False,
-        trained=trained,
+    result = _evaluate(
+        trained_demo,
+        trained,
+        photo_folders,
         distractors=str(photo_folders / "distractors"),
         reject_threshold=0.5,
     )
@@ -143,13 +148,7 @@ def test_distractors_must_be_a_folder_of_photos(trained_demo, trained, tmp_path)
 
 
 def test_cam_crop_reports_whole_crop_and_mean(trained_demo, trained, photo_folders):
-    result = evaluate.evaluate(
-        trained_demo.model_dir,
-        data=str(photo_folders / "landmarks"),
-        verbose=False,
-        trained=trained,
-        cam_crop=True,
-    )
+    result = _evaluate(trained_demo, trained, photo_folders, cam_crop=True)
     cam = result.metrics["cam_crop"]
     assert set(cam) == {"whole", "crop", "mean"}
     assert cam["whole"]["accuracy"] == pytest.approx(result.metrics["accuracy"])

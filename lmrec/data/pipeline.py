@@ -21,12 +21,12 @@ is not used.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import tensorflow as tf
 
-from lmrec.data import augment, records
+from lmrec.data import augment, images, records
 from lmrec.errors import UserError
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -226,6 +226,47 @@ def resample_balanced(
         lambda serialized, coin: coin < tf.gather(table, _label_only(serialized))
     )
     return dataset.map(lambda serialized, coin: serialized)
+
+
+def photo_dataset(
+    items: list[tuple[str, str, int]], image_size: int, batch_size: int, max_side: int, skipped
+) -> tf.data.Dataset:
+    """(pixels in [0, 255], label, id) batches of photo files, as the model sees them.
+
+    Each photo is read, turned upright (EXIF) and re-encoded by images.to_jpeg,
+    then decoded and resized whole by decode_and_resize, as the export does.
+
+    Args:
+      items: (id, path, label) per photo.
+      image_size: the model's input side.
+      batch_size: photos per batch.
+      max_side: --max_image_side for the re-encoding (0: none).
+      skipped: a list that gets {"file": id, "reason"} for each unreadable photo.
+    """
+
+    def generate() -> Iterator[tuple[bytes, int, str]]:
+        for relative, path, label in items:
+            try:
+                encoded, _, _ = images.to_jpeg(images.read_file(path), path, max_side)
+            except images.BadImage as error:
+                skipped.append({"file": relative, "reason": str(error)})
+                continue
+            yield encoded, label, relative
+
+    signature = (
+        tf.TensorSpec([], tf.string),
+        tf.TensorSpec([], tf.int32),
+        tf.TensorSpec([], tf.string),
+    )
+    return (
+        tf.data.Dataset.from_generator(generate, output_signature=signature)
+        .map(
+            lambda b, y, i: (decode_and_resize(b, image_size), y, i),
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
+        .batch(batch_size)
+        .prefetch(tf.data.AUTOTUNE)
+    )
 
 
 def run_dataset(config, split: str, preprocess, **options) -> tf.data.Dataset:
