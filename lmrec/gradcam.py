@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import sys
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -78,8 +79,18 @@ def class_score_function(head: keras.Model) -> Callable[[tf.Tensor], tf.Tensor]:
     The head ends in a layer named "probabilities": Dense(softmax) (its logits
     are recomputed from its input and weights) or Activation(softmax) after a
     cosine classifier (its input is the logits). Any other ending falls back to
-    log-probabilities, which rank classes the same way.
+    log-probabilities, which rank classes the same way. Built once per head (the
+    sub-model up to the last layer is not rebuilt for every batch).
     """
+    if head not in _SCORE_FUNCTIONS:
+        _SCORE_FUNCTIONS[head] = _build_score_function(head)
+    return _SCORE_FUNCTIONS[head]
+
+
+_SCORE_FUNCTIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _build_score_function(head: keras.Model) -> Callable[[tf.Tensor], tf.Tensor]:
     last = head.layers[-1]
     before = keras.Model(head.inputs, last.input, name="head_before_softmax")
     if isinstance(last, keras.layers.Dense):
@@ -101,6 +112,41 @@ def _normalize(maps: tf.Tensor) -> tf.Tensor:
     return tf.math.divide_no_nan(maps, peak)
 
 
+def _explain_batch(model, batch, class_indices, with_saliency: bool):
+    """One forward and backward pass: Grad-CAM maps, and saliency maps if asked.
+
+    Returns (maps [N, h, w], chosen class per image, probabilities, saliency or None).
+    """
+    scores_of = class_score_function(model.head)
+    batch = tf.convert_to_tensor(batch, tf.float32)
+    with tf.GradientTape(persistent=with_saliency) as tape:
+        if with_saliency:
+            tape.watch(batch)
+        features = model.backbone(batch, training=False)
+        tape.watch(features)
+        scores = tf.cast(scores_of(features), tf.float32)
+        chosen = _chosen(scores, class_indices)
+        target = tf.gather(scores, chosen, batch_dims=1)
+    gradients = tf.cast(tape.gradient(target, features), tf.float32)
+    weights = tf.reduce_mean(gradients, axis=[1, 2], keepdims=True)
+    maps = tf.nn.relu(tf.reduce_sum(weights * tf.cast(features, tf.float32), axis=-1))
+    salient = None
+    if with_saliency:
+        salient = _saliency_maps(tape.gradient(target, batch))
+        del tape
+    probabilities = tf.nn.softmax(scores, axis=-1).numpy()
+    return _normalize(maps).numpy(), chosen.numpy(), probabilities, salient
+
+
+def _saliency_maps(input_gradients: tf.Tensor) -> np.ndarray:
+    """max over channels of |gradient|, each map scaled to its SALIENCY_PERCENTILE-th
+    percentile and clipped to [0, 1]."""
+    gradients = tf.reduce_max(tf.abs(input_gradients), axis=-1).numpy()
+    scale = np.percentile(gradients.reshape(len(gradients), -1), SALIENCY_PERCENTILE, axis=1)
+    scaled = gradients / np.maximum(scale, 1e-12)[:, None, None]
+    return np.clip(scaled, 0.0, 1.0).astype(np.float32)
+
+
 def gradcam(
     model, batch: tf.Tensor, class_indices: Sequence[int] | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -116,20 +162,8 @@ def gradcam(
       backbone's feature-map resolution; the explained class per image; the model's
       probabilities [N, classes].
     """
-    scores_of = class_score_function(model.head)
-    batch = tf.convert_to_tensor(batch, tf.float32)
-    with tf.GradientTape() as tape:
-        features = model.backbone(batch, training=False)
-        tape.watch(features)
-        scores = tf.cast(scores_of(features), tf.float32)
-        chosen = _chosen(scores, class_indices)
-        target = tf.gather(scores, chosen, batch_dims=1)
-    gradients = tf.cast(tape.gradient(target, features), tf.float32)
-    features = tf.cast(features, tf.float32)
-    weights = tf.reduce_mean(gradients, axis=[1, 2], keepdims=True)
-    maps = tf.nn.relu(tf.reduce_sum(weights * features, axis=-1))
-    probabilities = tf.nn.softmax(scores, axis=-1)
-    return _normalize(maps).numpy(), chosen.numpy(), probabilities.numpy()
+    maps, chosen, probabilities, _ = _explain_batch(model, batch, class_indices, False)
+    return maps, chosen, probabilities
 
 
 def saliency(model, batch: tf.Tensor, class_indices: Sequence[int]) -> np.ndarray:
@@ -137,16 +171,7 @@ def saliency(model, batch: tf.Tensor, class_indices: Sequence[int]) -> np.ndarra
 
     Each map is scaled to its SALIENCY_PERCENTILE-th percentile and clipped to [0, 1].
     """
-    scores_of = class_score_function(model.head)
-    batch = tf.convert_to_tensor(batch, tf.float32)
-    with tf.GradientTape() as tape:
-        tape.watch(batch)
-        scores = tf.cast(scores_of(model.backbone(batch, training=False)), tf.float32)
-        target = tf.gather(scores, tf.constant(class_indices, tf.int32), batch_dims=1)
-    gradients = tf.reduce_max(tf.abs(tape.gradient(target, batch)), axis=-1).numpy()
-    scale = np.percentile(gradients.reshape(len(gradients), -1), SALIENCY_PERCENTILE, axis=1)
-    scaled = gradients / np.maximum(scale, 1e-12)[:, None, None]
-    return np.clip(scaled, 0.0, 1.0).astype(np.float32)
+    return _explain_batch(model, batch, class_indices, True)[3]
 
 
 def _chosen(scores: tf.Tensor, class_indices: Sequence[int] | None) -> tf.Tensor:
@@ -194,8 +219,7 @@ def explain_images(
             )
         requested = [names.index(class_name)] * len(pixels)
     batch = trained.preprocess(tf.convert_to_tensor(pixels, tf.float32))
-    maps, chosen, probabilities = gradcam(trained.model, batch, requested)
-    salient = saliency(trained.model, batch, chosen)
+    maps, chosen, probabilities, salient = _explain_batch(trained.model, batch, requested, True)
     heatmaps = upsample(maps, pixels.shape[1])
     predicted = np.argmax(probabilities, axis=1)
     return [
