@@ -30,6 +30,9 @@ setup(
         "importlib_resources>=5.10,<8",
         # TensorFlow 2.21 no longer pulls TensorBoard in; training logs need it.
         "tensorboard>=2.16,<2.22",
+        # The export writes TF Serving's warm-up file (PredictionLog protos); lmrec.serving's
+        # gRPC client uses its PredictionService stub.
+        "tensorflow-serving-api>=2.16,<2.22",
         "numpy>=1.26,<3",
         "matplotlib>=3.7,<4",
         "absl-py>=2.0,<3",

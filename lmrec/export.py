@@ -11,7 +11,9 @@ Signatures:
                       --reject_threshold is above 0)
   serving_images   images: uint8 [batch, height, width, 3] -> the same outputs
 Decoding, resizing and the backbone's normalization run inside the graph. A
-version is never overwritten; the folder appears only once complete.
+version is never overwritten; the folder appears only once complete, with
+assets.extra/ holding labels.json, lmrec.json and tf_serving_warmup_requests
+(requests for both signatures that TF Serving replays before serving).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import sys
 import keras
 import tensorflow as tf
 
-from lmrec import atomic
+from lmrec import atomic, serving
 from lmrec import model_dir as run_files
 from lmrec.config import ExportConfig
 from lmrec.data import pipeline, records
@@ -126,6 +128,7 @@ def export_saved_model(
         extra = os.path.join(tmp, EXTRA_DIR)
         os.makedirs(extra, exist_ok=True)
         shutil.copy(os.path.join(model_dir, records.LABELS_FILE), extra)
+        serving.write_warmup_file(extra, name, trained.image_size)
         metadata = {
             "model_dir": os.path.abspath(model_dir),
             "backbone": trained.config.model.backbone,
@@ -141,7 +144,7 @@ def export_saved_model(
     if verbose:
         print(
             f"Exported SavedModel {path} (serving_default: image_bytes -> classes, scores, "
-            f"probabilities; serving_images: uint8 images).",
+            f"probabilities; serving_images: uint8 images; warm-up requests in {EXTRA_DIR}/).",
             file=sys.stderr,
         )
     return path
