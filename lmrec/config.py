@@ -137,6 +137,8 @@ class ExportConfig:
     model_name: str = ""  # "": the model_dir's folder name.
     version: int = 0  # 0: one more than the newest existing version.
     top_k: int = 5
+    tflite: str = ""  # comma-separated: float32,float16,int8 ("": no TFLite files)
+    tflite_check_images: int = 64  # held-out images each TFLite file is compared on
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,6 +159,9 @@ class PredictConfig:
     output: str = "tags.csv"
     top_k: int = 5
     batch_size: int = 32
+    min_score: float = 0.0  # labels scoring below this are not written (CSV, JSON or XMP)
+    xmp: bool = False  # write an XMP sidecar per photo with the landmark as a keyword
+    engine: str = "auto"  # auto | savedmodel | tflite (the float32 file beside the export)
 
 
 @dataclasses.dataclass(frozen=True)

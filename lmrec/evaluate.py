@@ -27,7 +27,7 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
-from lmrec import atomic, gradcam, metrics, plots, report
+from lmrec import atomic, gradcam, metrics, photo_archive, plots, report
 from lmrec import model_dir as run_files
 from lmrec.data import pipeline, prepare, records
 from lmrec.data.sources import folders
@@ -112,11 +112,10 @@ def _folder_data(trained, folder: str, batch_size: int) -> EvalData:
 
 def distractor_data(trained, folder: str, batch_size: int) -> EvalData:
     """Photos without a landmark (any folder layout), labelled metrics.NO_LANDMARK."""
-    from lmrec.predict import find_images
-
     if not os.path.isdir(folder):
         raise UserError(f"--distractors={folder!r} is not a folder")
-    paths, ignored = find_images([folder])
+    scan = photo_archive.scan([folder])
+    paths, ignored = scan.photos, scan.ignored
     if not paths:
         raise UserError(f"--distractors={folder} holds no photos")
     skipped = [dict(entry) for entry in ignored]

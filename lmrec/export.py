@@ -164,12 +164,22 @@ def main(argv: list[str]) -> int:
     from absl import flags
 
     from lmrec import config as config_lib
+    from lmrec import tflite_export
 
     export_config = config_lib.from_flags(config_lib.ExportConfig, flags.FLAGS)
     model_dir = config_lib.from_flags(config_lib.TrainConfig, flags.FLAGS).model_dir
     if not model_dir:
         raise UserError("--model_dir is required")
-    print(export_saved_model(model_dir, export_config))
+    # Checked before the export, so a typo does not leave a version behind.
+    variants = tflite_export.check_settings(export_config.tflite, export_config.tflite_check_images)
+    path = export_saved_model(model_dir, export_config)
+    print(path)
+    if variants:
+        data = config_lib.from_flags(config_lib.EvaluateConfig, flags.FLAGS).data
+        report = tflite_export.export_tflite(
+            path, variants, data=data, max_images=export_config.tflite_check_images
+        )
+        print(report.directory)
     return 0
 
 

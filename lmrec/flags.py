@@ -400,6 +400,19 @@ FLAG_TABLE: tuple[tuple[type, str, str], ...] = (
     (ExportConfig, "model_name", "TF Serving model name; default: the model_dir's folder name."),
     (ExportConfig, "version", "Export version; 0: next free number. Never overwrites."),
     (ExportConfig, "top_k", "Labels returned per image."),
+    (
+        ExportConfig,
+        "tflite",
+        "For lmrec.export: also write TFLite files, comma-separated: float32,float16,int8 "
+        "(dynamic-range), to <export_dir>/<model_name>_tflite/<version>/; each is checked "
+        "against the SavedModel on held-out images (--data, default: the validation shards). "
+        "Empty: none.",
+    ),
+    (
+        ExportConfig,
+        "tflite_check_images",
+        "For --tflite: how many held-out images each TFLite file is compared on.",
+    ),
     # evaluate / predict
     (
         EvaluateConfig,
@@ -431,7 +444,31 @@ FLAG_TABLE: tuple[tuple[type, str, str], ...] = (
         "model",
         "An export folder (SavedModel, or its parent of versions) or a training model_dir.",
     ),
-    (PredictConfig, "output", "Where predict writes tags: a .csv or .json path."),
+    (
+        PredictConfig,
+        "output",
+        "Where predict writes tags: a .csv or .json path. An existing one is resumed: photos "
+        "already tagged in it are skipped.",
+    ),
+    (
+        PredictConfig,
+        "min_score",
+        "For lmrec.predict: labels scoring below this are left out of the output and the XMP "
+        "sidecars; a photo whose best label is below it gets an empty label.",
+    ),
+    (
+        PredictConfig,
+        "engine",
+        "For lmrec.predict on an export: savedmodel (its serving_images signature) | tflite "
+        "(the float32 file lmrec.export --tflite=float32 wrote beside it) | auto (tflite when "
+        "that file exists: as fast or faster on every measured backbone).",
+    ),
+    (
+        PredictConfig,
+        "xmp",
+        "For lmrec.predict: write an XMP sidecar beside each tagged photo with the landmark as "
+        "a keyword (existing sidecars are kept and extended; photos are never modified).",
+    ),
     # gradcam: what the model looked at
     (
         GradcamConfig,

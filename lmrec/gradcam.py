@@ -31,7 +31,7 @@ import tensorflow as tf
 from tqdm import tqdm
 
 from lmrec import model_dir as run_files
-from lmrec import plots
+from lmrec import photo_archive, plots
 from lmrec.data import pipeline
 from lmrec.errors import UserError
 
@@ -339,13 +339,12 @@ def explain_photos(
       The explanations, the files written, the grid's path and the photos skipped
       with their reasons.
     """
-    from lmrec.predict import find_images
-
     if not inputs:
         raise UserError("Name at least one photo or folder to explain")
     trained = trained or run_files.load(model_dir)
     output_dir = output_dir or os.path.join(model_dir, "gradcam")
-    paths, ignored = find_images(list(inputs))
+    scan = photo_archive.scan(list(inputs))
+    paths, ignored = scan.photos, scan.ignored
     failures = [entry for entry in ignored if entry["reason"] == "no such file or folder"]
     skipped: list[dict[str, str]] = []
     photos = pipeline.photo_dataset(

@@ -1,18 +1,22 @@
 """Tags photos with landmark labels: the photographer's tool.
 
-    python -m lmrec.predict --model=export/demo/1 --output=tags.csv ~/Pictures/trip
+    python -m lmrec.predict --model=export/demo/1 --output=tags.csv --xmp ~/Pictures/trip
 
 --model is an exported SavedModel (or the folder of its versions: the newest is
-used) or a training model_dir. Folders are searched recursively for image
-files. Every file ends up in the output: tagged, or with the reason it could
-not be read. The exit status is 1 when any file failed, 0 otherwise.
+used) or a training model_dir. Folders are searched recursively. Each photo is
+decoded upright (EXIF orientation; HEIC with pillow-heif), squeezed whole to the
+model's square input in the decoding thread (DCT-scaled JPEG decode, one
+antialiased resize) and classified in batches. RAW files take the tags of their
+JPEG twin. Every file ends up in the output: tagged, failed with the reason, or
+ignored with the reason. The output is resumable (lmrec/tag_store.py) and the
+photos are never modified; --xmp writes sidecars (lmrec/xmp.py). The exit status
+is 1 when any photo failed, 0 otherwise.
 """
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
-import csv
-import io
 import json
 import os
 import sys
@@ -23,29 +27,42 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
-from lmrec import atomic, export, metrics
+from lmrec import export, metrics, photo_archive, tflite_export, xmp
 from lmrec import model_dir as run_files
 from lmrec.config import PredictConfig
 from lmrec.data import images
 from lmrec.errors import UserError
+from lmrec.tag_store import Row, TagStore, check_output
 
 # The label of a photo whose top probability is below the reject threshold.
 NO_LANDMARK = metrics.NO_LANDMARK_NAME
 
 
+ENGINES = ("auto", "savedmodel", "tflite")
+
+
 @dataclass
 class Tagger:
-    """A loaded model as one function: JPEG bytes batch -> probabilities."""
+    """A loaded model as one function: uint8 [batch, size, size, 3] -> probabilities."""
 
     class_names: list[str]
-    max_image_side: int
-    description: str
-    serve: Callable[..., dict]  # serving_default: image_bytes -> {"probabilities", ...}
+    image_size: int
+    description: str  # which model: outputs from another one are not resumed
+    serve: Callable[..., dict]  # serving_images: images -> {"probabilities", ...}
     reject_threshold: float = 0.0  # top probability below which a photo gets NO_LANDMARK
+    engine: str = "savedmodel"
 
-    def probabilities(self, encoded: list[bytes]) -> np.ndarray:
-        outputs = self.serve(image_bytes=tf.constant(encoded, dtype=tf.string))
-        return outputs["probabilities"].numpy()
+    def probabilities(self, pixels: np.ndarray) -> np.ndarray:
+        outputs = self.serve(images=tf.constant(pixels, dtype=tf.uint8))
+        return np.asarray(outputs["probabilities"])
+
+
+def _tflite_serve(path: str) -> Callable[..., dict]:
+    """The float32 TFLite file's signature (XNNPACK, a thread per core) as a serve function."""
+    runner = tflite_export.interpreter(path, os.cpu_count() or 1).get_signature_runner(
+        "serving_default"
+    )
+    return lambda images: runner(images=np.asarray(images, dtype=np.uint8))
 
 
 def _newest_version(path: str) -> str | None:
@@ -55,28 +72,41 @@ def _newest_version(path: str) -> str | None:
     return os.path.join(path, max(versions, key=int))
 
 
-def load_tagger(model: str) -> Tagger:
+def load_tagger(model: str, engine: str = "auto") -> Tagger:
     """Opens --model: a SavedModel, a folder of SavedModel versions, or a model_dir.
 
+    engine: savedmodel calls the export's serving_images signature; tflite the
+    float32 TFLite file `lmrec.export --tflite=float32` wrote beside it (equal to
+    1e-6, and as fast or faster on every backbone benchmarks/predict_throughput.py
+    measured); auto takes that file when it exists. A model_dir runs its Keras model.
+
     Raises:
-      UserError: the path is none of those.
+      UserError: the path is none of those, or --engine=tflite finds no TFLite file.
     """
+    if engine not in ENGINES:
+        raise UserError(f"--engine={engine!r}: choose one of {', '.join(ENGINES)}")
     if not model:
         raise UserError("--model is required: an export folder or a training model_dir")
     if not os.path.isdir(model):
         raise UserError(f"--model={model!r} is not a folder")
     if os.path.isfile(os.path.join(model, run_files.CONFIG_FILE)):
+        if engine == "tflite":
+            raise UserError(
+                f"--engine=tflite needs an export: --model={model} is a model_dir "
+                "(python -m lmrec.export --tflite=float32 writes one)"
+            )
         trained = run_files.load(model)
-        from_bytes, _ = export.serving_functions(
+        _, from_uint8 = export.serving_functions(
             trained.model, trained.class_names, trained.image_size, trained.preprocess, 1
         )
-        serve = tf.function(from_bytes, input_signature=export.BYTES_SIGNATURE)
+        serve = tf.function(from_uint8, input_signature=export.UINT8_SIGNATURE)
         return Tagger(
             class_names=trained.class_names,
-            max_image_side=trained.config.prepare.max_image_side,
+            image_size=trained.image_size,
             description=f"model_dir {model}",
-            serve=lambda image_bytes: serve(image_bytes),
+            serve=lambda images: serve(images),
             reject_threshold=trained.config.evaluate.reject_threshold,
+            engine="keras",
         )
     saved_model = model
     if not os.path.isfile(os.path.join(model, "saved_model.pb")):
@@ -87,64 +117,62 @@ def load_tagger(model: str) -> Tagger:
                 f"{run_files.CONFIG_FILE}"
             )
     metadata = export.read_metadata(saved_model)
-    loaded = tf.saved_model.load(saved_model)
-    signature = loaded.signatures["serving_default"]
+    tflite = os.path.join(tflite_export.output_folder(saved_model), "float32.tflite")
+    if engine == "tflite" and not os.path.isfile(tflite):
+        raise UserError(
+            f"--engine=tflite: {tflite} does not exist; write it with python -m lmrec.export "
+            "--tflite=float32, or use --engine=savedmodel"
+        )
+    use_tflite = engine in ("auto", "tflite") and os.path.isfile(tflite)
+    serve = (
+        _tflite_serve(tflite)
+        if use_tflite
+        else tf.saved_model.load(saved_model).signatures["serving_images"]
+    )
     return Tagger(
         class_names=metadata["class_names"],
-        max_image_side=metadata["max_image_side"],
+        image_size=metadata["image_size"],
         description=f"SavedModel {saved_model}",
-        serve=signature,
+        serve=serve,
         reject_threshold=metadata.get("reject_threshold", 0.0),
+        engine="tflite float32" if use_tflite else "savedmodel",
     )
-
-
-def find_images(inputs: list[str]) -> tuple[list[str], list[dict[str, str]]]:
-    """Expands files and folders (recursively) into image paths.
-
-    Returns:
-      (image paths in a stable order, [{"file", "reason"}] for inputs that do not exist and
-      for non-image files found inside folders).
-    """
-    paths: list[str] = []
-    ignored: list[dict[str, str]] = []
-    for item in inputs:
-        if os.path.isdir(item):
-            for directory, subdirs, files in os.walk(item):
-                subdirs.sort()
-                for name in sorted(files):
-                    path = os.path.join(directory, name)
-                    if name.startswith("."):
-                        continue
-                    if images.has_image_extension(name):
-                        paths.append(path)
-                    else:
-                        ignored.append({"file": path, "reason": "not an image extension"})
-        elif os.path.isfile(item):
-            paths.append(item)  # Named explicitly: always tried, whatever the extension.
-        else:
-            ignored.append({"file": item, "reason": "no such file or folder"})
-    return paths, ignored
 
 
 @dataclass
 class PredictResult:
-    rows: list[dict] = field(default_factory=list)
-    failures: list[dict[str, str]] = field(default_factory=list)
-    ignored: list[dict[str, str]] = field(default_factory=list)
+    rows: list[Row] = field(default_factory=list)  # tagged photos, and RAW files via twins
+    failures: list[dict[str, str]] = field(default_factory=list)  # {"file", "reason"}
+    ignored: list[dict[str, str]] = field(default_factory=list)  # non-images, lone RAW files
+    sidecar_errors: list[dict[str, str]] = field(default_factory=list)
     output: str = ""
+    resumed: int = 0  # photos tagged by an earlier run of the same --output, not redone
+    classified: int = 0  # photos this run sent through the model
 
 
-def _prepared(paths: list[str], max_side: int) -> Iterator[tuple[str, bytes | str]]:
-    """Validates and normalizes photos (EXIF orientation, size) in threads, in order."""
+def _prepared(
+    paths: list[str], size: int, ahead: int = 64
+) -> Iterator[tuple[str, np.ndarray | str]]:
+    """Decodes photos to square uint8 arrays in threads (Pillow releases the GIL), in order.
+
+    At most `ahead` photos are decoded ahead of the consumer, so memory stays
+    flat on an archive of any size while the model works on the batch before.
+    """
 
     def load(path):
         try:
-            return path, images.to_jpeg(images.read_file(path), path, max_side)[0]
+            return path, images.square_pixels(images.read_file(path), size, path)
         except images.BadImage as error:
             return path, str(error)
 
+    pending: collections.deque = collections.deque()
     with concurrent.futures.ThreadPoolExecutor(max(1, min(8, os.cpu_count() or 1))) as pool:
-        yield from pool.map(load, paths)
+        for path in paths:
+            pending.append(pool.submit(load, path))
+            if len(pending) >= ahead:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
 
 def _batches(items, size):
@@ -158,6 +186,51 @@ def _batches(items, size):
         yield batch
 
 
+@dataclass(frozen=True)
+class Labeling:
+    """How probabilities become a row: top-k, the model's reject threshold, --min_score."""
+
+    class_names: list[str]
+    k: int
+    reject_threshold: float
+    min_score: float
+
+    def row(self, path: str, probabilities: np.ndarray) -> Row:
+        order = np.argsort(-probabilities, kind="stable")[: self.k]
+        ranked = [(self.class_names[i], float(probabilities[i])) for i in order]
+        best = ranked[0][1]
+        if best < self.reject_threshold:
+            label = NO_LANDMARK
+        elif best < self.min_score:
+            label = ""
+        else:
+            label = ranked[0][0]
+        top = [(name, score) for name, score in ranked if score >= self.min_score]
+        return Row(file=path, label=label, score=best, top=top)
+
+
+def _raw_rows(scan: photo_archive.Scan, by_file: dict[str, Row]) -> list[Row]:
+    """A row per RAW file, copied from its twin's (or failed with the twin's reason)."""
+    rows = []
+    for raw, twin in scan.raw_twins.items():
+        source = by_file.get(twin)
+        if source is None:
+            continue
+        if source.error:
+            rows.append(Row(file=raw, error=f"its twin {twin} failed: {source.error}"))
+        else:
+            rows.append(Row(raw, source.label, source.score, list(source.top), tagged_from=twin))
+    return rows
+
+
+def _check_arguments(inputs: list[str], output: str, min_score: float) -> None:
+    if not inputs:
+        raise UserError("Name at least one photo or folder to tag")
+    check_output(output)
+    if not 0.0 <= min_score <= 1.0:
+        raise UserError(f"--min_score={min_score} must be within [0, 1]")
+
+
 def predict(
     model: str,
     inputs: list[str],
@@ -166,85 +239,118 @@ def predict(
     batch_size: int = 32,
     verbose: bool = True,
     reject_threshold: float | None = None,
+    min_score: float = 0.0,
+    write_xmp: bool = False,
+    engine: str = "auto",
 ) -> PredictResult:
     """Tags every photo under inputs; writes CSV or JSON to output when given.
 
     A photo whose top probability is below reject_threshold (None: the model's
-    stored --reject_threshold) is labelled NO_LANDMARK; its top-k stay in the output.
+    stored --reject_threshold) is labelled NO_LANDMARK; its top-k stay in the
+    output. An existing output is resumed: photos tagged in it are not redone.
+    On Ctrl-C the output is written with what is done, then the interrupt goes on.
 
     Returns:
-      Rows ({"file", "label", "score", "top": [(label, score), ...]}), failures
-      ({"file", "reason"}) and ignored non-image files.
+      Rows, failures ({"file", "reason"}), ignored files and counts.
     """
-    if not inputs:
-        raise UserError("Name at least one photo or folder to tag")
-    if output and not output.lower().endswith((".csv", ".json")):
-        raise UserError(f"--output={output!r} must end with .csv or .json")
-    tagger = load_tagger(model)
+    _check_arguments(inputs, output, min_score)  # before the model loads: fail fast
+    tagger = load_tagger(model, engine)
+    return tag(
+        tagger, inputs, output, top_k, batch_size, verbose, reject_threshold, min_score, write_xmp
+    )
+
+
+def tag(
+    tagger: Tagger,
+    inputs: list[str],
+    output: str = "",
+    top_k: int = 5,
+    batch_size: int = 32,
+    verbose: bool = True,
+    reject_threshold: float | None = None,
+    min_score: float = 0.0,
+    write_xmp: bool = False,
+) -> PredictResult:
+    """predict() with the model already loaded (a Tagger): what benchmarks and notebooks reuse."""
+    _check_arguments(inputs, output, min_score)
     threshold = tagger.reject_threshold if reject_threshold is None else reject_threshold
     metrics.check_threshold(threshold)
-    paths, ignored = find_images(inputs)
-    result = PredictResult(ignored=ignored, output=output)
-    k = max(1, min(top_k, len(tagger.class_names)))
-    progress = tqdm(total=len(paths), desc="predict", unit="img", disable=not verbose)
-    for batch in _batches(_prepared(paths, tagger.max_image_side), batch_size):
-        good = [(path, data) for path, data in batch if isinstance(data, bytes)]
-        for path, reason in batch:
-            if isinstance(reason, str):
-                result.failures.append({"file": path, "reason": reason})
-        if good:
-            probabilities = tagger.probabilities([data for _, data in good])
-            for (path, _), row in zip(good, probabilities, strict=True):
-                order = np.argsort(-row, kind="stable")[:k]
-                top = [(tagger.class_names[i], float(row[i])) for i in order]
-                label = top[0][0] if top[0][1] >= threshold else NO_LANDMARK
-                result.rows.append({"file": path, "label": label, "score": top[0][1], "top": top})
-        progress.update(len(batch))
-    progress.close()
-    if output:
-        _write(output, result, k)
+    labeling = Labeling(
+        tagger.class_names, max(1, min(top_k, len(tagger.class_names))), threshold, min_score
+    )
+    scan = photo_archive.scan(inputs)
+    store = TagStore(output, tagger.description)
+    todo = [path for path in scan.photos if not store.is_done(path)]
+    result = PredictResult(
+        ignored=scan.ignored, output=output, resumed=len(scan.photos) - len(todo)
+    )
+    if verbose and result.resumed:
+        print(f"Resuming {output}: {result.resumed} photos already tagged.", file=sys.stderr)
+    progress = tqdm(
+        total=len(scan.photos), initial=result.resumed, desc="predict", unit="img",
+        disable=not verbose,
+    )  # fmt: skip
+    try:
+        for batch in _batches(_prepared(todo, tagger.image_size, 2 * batch_size), batch_size):
+            rows = [Row(file=path, error=data) for path, data in batch if isinstance(data, str)]
+            good = [(path, data) for path, data in batch if not isinstance(data, str)]
+            if good:
+                probabilities = tagger.probabilities(np.stack([data for _, data in good]))
+                tagged = [
+                    labeling.row(path, p) for (path, _), p in zip(good, probabilities, strict=True)
+                ]
+                if write_xmp:
+                    _write_sidecars(tagged, scan, tagger.description, result)
+                rows += tagged
+                result.classified += len(good)
+            store.add(rows)
+            progress.update(len(batch))
+    except KeyboardInterrupt:
+        _finish(store, scan, labeling.k, result)
+        print(
+            f"Interrupted: {output or 'nothing'} holds what was tagged; run the same command "
+            "again to go on.",
+            file=sys.stderr,
+        )
+        raise
+    finally:
+        progress.close()
+    _finish(store, scan, labeling.k, result)
     if verbose:
         _report(result, tagger)
     return result
 
 
-def _write(output: str, result: PredictResult, k: int) -> None:
-    if output.lower().endswith(".json"):
-        payload = {
-            "predictions": [
-                {
-                    "file": r["file"],
-                    "label": r["label"],
-                    "score": r["score"],
-                    "top": [{"label": label, "score": score} for label, score in r["top"]],
-                }
-                for r in result.rows
-            ],
-            "failures": result.failures,
-            "ignored": result.ignored,
-        }
-        atomic.write_json(output, payload)
-        return
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    header = ["file", "label", "score", "error"]
-    for rank in range(1, k + 1):
-        header += [f"label_{rank}", f"score_{rank}"]
-    writer.writerow(header)
-    for r in result.rows:
-        tops = [value for label, score in r["top"] for value in (label, f"{score:.4f}")]
-        writer.writerow([r["file"], r["label"], f"{r['score']:.4f}", "", *tops])
-    for failure in result.failures:
-        writer.writerow([failure["file"], "", "", failure["reason"]])
-    atomic.write_text(output, buffer.getvalue())
+def _finish(store: TagStore, scan: photo_archive.Scan, k: int, result: PredictResult) -> None:
+    rows = store.rows(scan.photos)
+    by_file = {row.file: row for row in rows}
+    raw_rows = _raw_rows(scan, by_file)
+    store.add(raw_rows, journal=False)
+    rows = store.rows(scan.photos + list(scan.raw_twins))
+    store.finish(rows, scan.ignored, k)
+    result.rows = [row for row in rows if not row.error]
+    result.failures = [{"file": row.file, "reason": row.error} for row in rows if row.error]
+
+
+def _write_sidecars(rows: list[Row], scan: photo_archive.Scan, model: str, result) -> None:
+    for row in rows:
+        if row.label in ("", NO_LANDMARK):
+            continue
+        sidecar = scan.sidecars.get(row.file, os.path.splitext(row.file)[0] + ".xmp")
+        try:
+            xmp.write_keyword(sidecar, row.label, row.score, model)
+        except (xmp.BadSidecar, OSError) as error:
+            result.sidecar_errors.append({"file": sidecar, "reason": str(error)})
 
 
 def _report(result: PredictResult, tagger: Tagger) -> None:
     counts: dict[str, int] = {}
     for row in result.rows:
-        counts[row["label"]] = counts.get(row["label"], 0) + 1
+        counts[row.label or "(below --min_score)"] = counts.get(row.label, 0) + 1
     print(
-        f"Tagged {len(result.rows)} photos with {tagger.description}"
+        f"Tagged {len(result.rows)} files with {tagger.description} [{tagger.engine}] "
+        f"({result.classified} "
+        f"classified now, {result.resumed} from an earlier run)"
         + (f"; wrote {result.output}" if result.output else ""),
         file=sys.stderr,
     )
@@ -252,19 +358,17 @@ def _report(result: PredictResult, tagger: Tagger) -> None:
         print(f"  {count:6d}  {label}", file=sys.stderr)
     for failure in result.failures:
         print(f"  FAILED {failure['file']}: {failure['reason']}", file=sys.stderr)
+    for error in result.sidecar_errors:
+        print(f"  SIDECAR NOT WRITTEN {error['file']}: {error['reason']}", file=sys.stderr)
     if result.ignored:
         print(
-            f"  ignored {len(result.ignored)} non-image or missing paths"
+            f"  ignored {len(result.ignored)} non-image, RAW-only or missing paths"
             + (" (listed in the output)" if result.output else ""),
             file=sys.stderr,
         )
     if not result.output:
         for row in result.rows:
-            print(
-                json.dumps(
-                    {"file": row["file"], "label": row["label"], "score": round(row["score"], 4)}
-                )
-            )
+            print(json.dumps({"file": row.file, "label": row.label, "score": round(row.score, 4)}))
 
 
 def main(argv: list[str]) -> int:
@@ -283,6 +387,9 @@ def main(argv: list[str]) -> int:
         settings.top_k,
         settings.batch_size,
         reject_threshold=threshold,
+        min_score=settings.min_score,
+        write_xmp=settings.xmp,
+        engine=settings.engine,
     )
     missing = [entry for entry in result.ignored if entry["reason"] == "no such file or folder"]
     return 1 if (result.failures or missing) else 0

@@ -39,7 +39,7 @@ def main(overrides: list[str]) -> None:
             f.write(image.encoded)
     tags = predict.predict(result.export_path, [folder], output=os.path.join(folder, "tags.csv"))
     for row in tags.rows:
-        print(f"{os.path.basename(row['file'])}: {row['label']} ({row['score']:.2f})")
+        print(f"{os.path.basename(row.file)}: {row.label} ({row.score:.2f})")
 
 
 if __name__ == "__main__":

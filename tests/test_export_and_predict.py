@@ -115,7 +115,10 @@ def test_predict_on_a_mixed_folder_writes_csv_and_reports_failures(
     assert [os.path.basename(i["file"]) for i in result.ignored] == ["notes.txt"]
     with open(out, encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 6
+    assert len(rows) == 7  # 4 tagged, 2 failed, notes.txt ignored
+    assert [r["error"] for r in rows if r["file"].endswith("notes.txt")] == [
+        "ignored: not an image extension"
+    ]
     tagged = [r for r in rows if not r["error"]]
     assert all(r["label"] in demo.CLASS_NAMES and 0 < float(r["score"]) <= 1 for r in tagged)
     assert all(r["label"] == r["label_1"] and r["label_2"] != r["label_1"] for r in tagged)
@@ -130,24 +133,28 @@ def test_predict_from_the_export_matches_predict_from_model_dir(
         trained_demo.model_dir, ExportConfig(export_dir=str(tmp_path)), verbose=False
     )
     from_export = predict.predict(os.path.dirname(path), [str(mixed_folder)], verbose=False)
+    assert predict.load_tagger(path).engine == "savedmodel"  # no TFLite file beside it
+    for model in (path, trained_demo.model_dir):
+        with pytest.raises(UserError, match="--engine=tflite"):
+            predict.load_tagger(model, "tflite")
     from_dir = predict.predict(trained_demo.model_dir, [str(mixed_folder)], verbose=False)
-    assert [r["label"] for r in from_export.rows] == [r["label"] for r in from_dir.rows]
+    assert [r.label for r in from_export.rows] == [r.label for r in from_dir.rows]
     np.testing.assert_allclose(
-        [r["score"] for r in from_export.rows], [r["score"] for r in from_dir.rows], atol=1e-5
+        [r.score for r in from_export.rows], [r.score for r in from_dir.rows], atol=1e-5
     )
 
 
 def test_reject_threshold_tags_low_confidence_photos_no_landmark(trained_demo, mixed_folder):
     plain = predict.predict(trained_demo.model_dir, [str(mixed_folder)], verbose=False)
-    scores = sorted(r["score"] for r in plain.rows)
+    scores = sorted(r.score for r in plain.rows)
     boundary = scores[1]  # a score equal to the threshold is kept
     result = predict.predict(
         trained_demo.model_dir, [str(mixed_folder)], verbose=False, reject_threshold=boundary
     )
     for before, after in zip(plain.rows, result.rows, strict=True):
-        expected = predict.NO_LANDMARK if before["score"] < boundary else before["label"]
-        assert after["label"] == expected and after["top"] == before["top"]
-    assert sum(r["label"] == predict.NO_LANDMARK for r in result.rows) == 1
+        expected = predict.NO_LANDMARK if before.score < boundary else before.label
+        assert after.label == expected and after.top == before.top
+    assert sum(r.label == predict.NO_LANDMARK for r in result.rows) == 1
     with pytest.raises(UserError, match="--reject_threshold"):
         predict.predict(trained_demo.model_dir, [str(mixed_folder)], reject_threshold=-0.1)
 

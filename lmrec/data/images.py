@@ -17,9 +17,31 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-# Extensions a photo folder may use; matched case-insensitively.
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
+# Extensions a photo folder may use; matched case-insensitively. HEIC/HEIF (phones) need
+# the optional pillow-heif; without it such a file is reported with what to install.
+HEIF_EXTENSIONS = (".heic", ".heif")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", *HEIF_EXTENSIONS)
+# Camera RAW files: never decoded (predict tags them through a JPEG twin, if one exists).
+RAW_EXTENSIONS = (
+    ".3fr", ".arw", ".cr2", ".cr3", ".crw", ".dcr", ".dng", ".erf", ".iiq", ".kdc", ".mef",
+    ".mos", ".mrw", ".nef", ".nrw", ".orf", ".pef", ".raf", ".raw", ".rw2", ".rwl", ".sr2",
+    ".srf", ".srw", ".x3f",
+)  # fmt: skip
+HEIF_BRANDS = (b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1", b"avif")
 JPEG_QUALITY = 95
+
+
+def _register_heif() -> bool:
+    """Lets Pillow open HEIC/HEIF when pillow-heif is installed (pip install lmrec[heif])."""
+    try:
+        import pillow_heif
+    except ImportError:
+        return False
+    pillow_heif.register_heif_opener()
+    return True
+
+
+HEIF_AVAILABLE = _register_heif()
 
 
 class BadImage(Exception):
@@ -40,7 +62,17 @@ def has_image_extension(path: str) -> bool:
     return os.path.splitext(path)[1].lower() in IMAGE_EXTENSIONS
 
 
-def decode(data: bytes, name: str = "<bytes>", max_side: int = 0) -> DecodedImage:
+def is_raw(path: str) -> bool:
+    return os.path.splitext(path)[1].lower() in RAW_EXTENSIONS
+
+
+def _looks_like_heif(data: bytes) -> bool:
+    return data[4:8] == b"ftyp" and data[8:12] in HEIF_BRANDS
+
+
+def decode(
+    data: bytes, name: str = "<bytes>", max_side: int = 0, min_short_side: int = 0
+) -> DecodedImage:
     """Fully decodes image bytes into an upright RGB Pillow image.
 
     Args:
@@ -50,6 +82,8 @@ def decode(data: bytes, name: str = "<bytes>", max_side: int = 0) -> DecodedImag
         1/8 scale (libjpeg's DCT scaling, Pillow's draft mode) while its longer
         side stays >= max_side: several times faster on camera photos, and every
         byte is still read, so truncation is still caught.
+      min_short_side: if > 0, the same DCT scaling, but keeping the shorter side
+        >= min_short_side (for a whole-photo resize to a square of that side).
 
     Raises:
       BadImage: empty, not an image, truncated, corrupt or absurdly large; the
@@ -63,13 +97,16 @@ def decode(data: bytes, name: str = "<bytes>", max_side: int = 0) -> DecodedImag
             image = Image.open(io.BytesIO(data))
             source_format = image.format or "unknown"
             full_width = image.width
-            if max_side > 0 and source_format == "JPEG" and max(image.size) >= 2 * max_side:
-                scale = max_side / max(image.size)
-                wanted = (math.ceil(image.width * scale), math.ceil(image.height * scale))
-                image.draft("RGB", wanted)
+            if source_format == "JPEG":
+                scale = _draft_scale(image.size, max_side, min_short_side)
+                if scale <= 0.5:
+                    wanted = (math.ceil(image.width * scale), math.ceil(image.height * scale))
+                    image.draft("RGB", wanted)
             image.load()  # Decodes every pixel: truncation and corruption surface here.
             scaled_by = full_width / max(1, image.width)  # 1, or 2/4/8 after DCT scaling
     except UnidentifiedImageError:
+        if _looks_like_heif(data) and not HEIF_AVAILABLE:
+            raise BadImage("HEIC/HEIF photo: pip install pillow-heif to read it") from None
         raise BadImage("not an image (unrecognised format)") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise BadImage(f"too many pixels ({error})") from None
@@ -97,6 +134,15 @@ def decode(data: bytes, name: str = "<bytes>", max_side: int = 0) -> DecodedImag
         was_transformed=transformed,
         original_size=original,
     )
+
+
+def _draft_scale(size: tuple[int, int], max_side: int, min_short_side: int) -> float:
+    """The DCT scale to ask for: 1 when no target is set."""
+    if min_short_side > 0:
+        return min_short_side / min(size)
+    if max_side > 0:
+        return max_side / max(size)
+    return 1.0
 
 
 def _orientation(image: Image.Image):
@@ -182,6 +228,22 @@ def read_file(path: str) -> bytes:
         raise BadImage(f"unreadable ({error.strerror or error})") from None
     except Exception as error:  # noqa: BLE001 - tf.errors.* for remote paths.
         raise BadImage(f"unreadable ({type(error).__name__}: {error})") from None
+
+
+def square_pixels(data: bytes, size: int, name: str = "<bytes>") -> np.ndarray:
+    """Decodes to an upright uint8 RGB [size, size, 3], the whole photo squeezed to a square.
+
+    The fused decode of predict's fast path: DCT-scaled JPEG decode keeping the
+    shorter side >= size, then one antialiased (bilinear) resize, like the
+    training pipeline's decode_and_resize, without re-encoding a JPEG for TensorFlow.
+
+    Raises:
+      BadImage: see decode().
+    """
+    image = decode(data, name, min_short_side=size).image
+    if image.size != (size, size):
+        image = image.resize((size, size), Image.Resampling.BILINEAR)
+    return np.asarray(image, dtype=np.uint8)
 
 
 def load_rgb_array(path: str, size: int | None = None) -> np.ndarray:

@@ -1,0 +1,208 @@
+"""predict's output, safe to interrupt and resume.
+
+Every batch of tags is appended to a journal beside the output
+(<output>.partial.jsonl, flushed and fsynced), and the CSV or JSON output is
+written atomically from all rows at the end, or on Ctrl-C. A re-run with the
+same --output reads both, skips the photos already tagged (photos that failed
+are tried again) and finishes the file. A kill loses at most the batch in flight.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from dataclasses import dataclass, field
+
+from lmrec import atomic
+from lmrec.errors import UserError
+
+JOURNAL_SUFFIX = ".partial.jsonl"
+FORMATS = (".csv", ".json")
+
+
+@dataclass
+class Row:
+    """One photo's outcome: tagged (label, score, top) or failed (error)."""
+
+    file: str
+    label: str = ""
+    score: float = 0.0
+    top: list[tuple[str, float]] = field(default_factory=list)
+    error: str = ""
+    tagged_from: str = ""  # a RAW file's twin the tags come from
+
+    def as_json(self) -> dict:
+        payload = {"file": self.file}
+        if self.error:
+            payload["error"] = self.error
+            return payload
+        payload.update(
+            label=self.label,
+            score=self.score,
+            top=[{"label": label, "score": score} for label, score in self.top],
+        )
+        if self.tagged_from:
+            payload["tagged_from"] = self.tagged_from
+        return payload
+
+    @classmethod
+    def from_json(cls, payload: dict) -> Row:
+        return cls(
+            file=payload["file"],
+            label=payload.get("label", ""),
+            score=float(payload.get("score", 0.0)),
+            top=[(item["label"], float(item["score"])) for item in payload.get("top", [])],
+            error=payload.get("error", ""),
+            tagged_from=payload.get("tagged_from", ""),
+        )
+
+
+def _key(path: str) -> str:
+    return os.path.normcase(os.path.abspath(path))
+
+
+def check_output(output: str) -> None:
+    if output and not output.lower().endswith(FORMATS):
+        raise UserError(f"--output={output!r} must end with .csv or .json")
+
+
+class TagStore:
+    """The rows of one --output: those from earlier runs, and the new ones as they come."""
+
+    def __init__(self, output: str, model: str):
+        check_output(output)
+        self.output = output
+        self.model = model
+        self.journal = output + JOURNAL_SUFFIX if output else ""
+        self._rows: dict[str, Row] = {}
+        self.resumed = 0
+        if output:
+            self._load()
+
+    def _load(self) -> None:
+        if os.path.isfile(self.output):
+            for row in self._read_output():
+                self._rows[_key(row.file)] = row
+        if os.path.isfile(self.journal):
+            for row in self._read_journal():
+                self._rows[_key(row.file)] = row
+        self.resumed = sum(1 for row in self._rows.values() if not row.error)
+
+    def _read_output(self) -> list[Row]:
+        try:
+            with open(self.output, encoding="utf-8", newline="") as f:
+                text = f.read()
+            if self.output.lower().endswith(".json"):
+                payload = json.loads(text)
+                self._check_model(payload.get("model"), self.output)
+                return [Row.from_json(p) for p in payload.get("predictions", [])]
+            return [_csv_row(record) for record in csv.DictReader(io.StringIO(text))]
+        except (ValueError, KeyError, TypeError) as error:
+            raise UserError(
+                f"--output={self.output} exists but is not an lmrec predict output ({error}); "
+                "name a new file or move it away"
+            ) from None
+
+    def _read_journal(self) -> list[Row]:
+        rows = []
+        with open(self.journal, encoding="utf-8") as f:
+            for number, line in enumerate(f):
+                try:
+                    payload = json.loads(line)
+                except ValueError:
+                    continue  # the line a kill cut short: its photo is tagged again.
+                if number == 0 and "model" in payload and "file" not in payload:
+                    self._check_model(payload["model"], self.journal)
+                    continue
+                rows.append(Row.from_json(payload))
+        return rows
+
+    def _check_model(self, found: str | None, path: str) -> None:
+        if found and found != self.model:
+            raise UserError(
+                f"{path} holds tags from {found}, not {self.model}; name a new --output "
+                "(or delete it) to tag with this model"
+            )
+
+    def is_done(self, path: str) -> bool:
+        row = self._rows.get(_key(path))
+        return row is not None and not row.error
+
+    def add(self, rows: list[Row], journal: bool = True) -> None:
+        """Records a batch: in memory, and appended to the journal before returning."""
+        for row in rows:
+            self._rows[_key(row.file)] = row
+        if not (self.journal and journal and rows):
+            return
+        new_journal = not os.path.exists(self.journal)
+        with open(self.journal, "a", encoding="utf-8") as f:
+            if new_journal:
+                f.write(json.dumps({"model": self.model}) + "\n")
+            f.write("".join(json.dumps(row.as_json(), ensure_ascii=False) + "\n" for row in rows))
+            f.flush()
+            os.fsync(f.fileno())
+
+    def rows(self, order: list[str]) -> list[Row]:
+        """All rows: those of order first (in that order), then earlier rows not in it."""
+        ranked = {_key(path): i for i, path in enumerate(order)}
+        return sorted(self._rows.values(), key=lambda r: ranked.get(_key(r.file), len(ranked)))
+
+    def finish(self, rows: list[Row], ignored: list[dict[str, str]], k: int) -> None:
+        """Writes the output atomically from rows, then drops the journal."""
+        if not self.output:
+            return
+        if self.output.lower().endswith(".json"):
+            atomic.write_json(
+                self.output,
+                {
+                    "model": self.model,
+                    "predictions": [r.as_json() for r in rows if not r.error],
+                    "failures": [{"file": r.file, "reason": r.error} for r in rows if r.error],
+                    "ignored": ignored,
+                },
+            )
+        else:
+            atomic.write_text(self.output, _csv_text(rows, ignored, k))
+        if os.path.exists(self.journal):
+            os.remove(self.journal)
+
+
+CSV_HEADER = ["file", "label", "score", "error", "tagged_from"]
+
+
+def _csv_text(rows: list[Row], ignored: list[dict[str, str]], k: int) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    header = list(CSV_HEADER)
+    for rank in range(1, k + 1):
+        header += [f"label_{rank}", f"score_{rank}"]
+    writer.writerow(header)
+    for r in rows:
+        if r.error:
+            writer.writerow([r.file, "", "", r.error, ""])
+            continue
+        tops = [value for label, score in r.top[:k] for value in (label, f"{score:.4f}")]
+        writer.writerow([r.file, r.label, f"{r.score:.4f}", "", r.tagged_from, *tops])
+    for item in ignored:
+        writer.writerow([item["file"], "", "", f"ignored: {item['reason']}", ""])
+    return buffer.getvalue()
+
+
+def _csv_row(record: dict) -> Row:
+    """A CSV line back into a Row; ignored files come back as errors (looked at again)."""
+    if record.get("error"):
+        return Row(file=record["file"], error=record["error"])
+    top = []
+    rank = 1
+    while record.get(f"label_{rank}"):
+        top.append((record[f"label_{rank}"], float(record[f"score_{rank}"])))
+        rank += 1
+    return Row(
+        file=record["file"],
+        label=record["label"],
+        score=float(record["score"]),
+        top=top,
+        tagged_from=record.get("tagged_from", ""),
+    )
