@@ -23,7 +23,10 @@ in this one process and on the same cores:
             tf.function(jit_compile=True) (the exported signature itself cannot be
             XLA-compiled: its label outputs are strings).
   lmrec+tflite the same pipeline calling a float32 TFLite conversion of the model
-            (XNNPACK delegate, one thread per core).
+            (XNNPACK delegate, one thread per core): --engine=tflite.
+  lmrec+tflite-int8 the dynamic-range int8 conversion: --engine=tflite-int8 (its
+            top-1 agreement with the SavedModel path is reported; the heads here are
+            untrained, so that is a rough check only).
 
 Each path is timed after one warm-up batch (tracing, XNNPACK set-up), over every
 file. Also measured: the compute alone (each engine on an in-memory uint8 batch),
@@ -131,20 +134,16 @@ def xla_serve(model, preprocess):
     return lambda images: {"probabilities": probabilities(images)}
 
 
-def tflite_serve(model, preprocess, size, folder):
-    """lmrec.tflite_export's float32 conversion, run by its interpreter (XNNPACK)."""
+def tflite_serves(model, preprocess, size, folder) -> dict:
+    """lmrec.tflite_export's float32 and int8 conversions, each run as predict runs them."""
     trained = types.SimpleNamespace(model=model, preprocess=preprocess, image_size=size)
-    path = os.path.join(folder, "float32.tflite")
-    with open(path, "wb") as f:
-        f.write(tflite_export.convert(trained, ["float32"])["float32"])
-    runner = tflite_export.interpreter(path, os.cpu_count() or 1).get_signature_runner(
-        "serving_default"
-    )
-
-    def serve(images):
-        return {"probabilities": tf.constant(runner(images=images.numpy())["probabilities"])}
-
-    return serve
+    serves = {}
+    for variant, flatbuffer in tflite_export.convert(trained, ["float32", "int8"]).items():
+        path = os.path.join(folder, f"{variant}.tflite")
+        with open(path, "wb") as f:
+            f.write(flatbuffer)
+        serves[variant] = predict._tflite_serve(path)
+    return serves
 
 
 def lmrec_rate(serve, size, folder, batch_size, count) -> tuple[float, list]:
@@ -164,7 +163,7 @@ def compute_rate(serve, size, batch_size, rounds=3) -> float:
     serve(images=batch)
     start = time.perf_counter()
     for _ in range(rounds):
-        serve(images=batch)["probabilities"].numpy()
+        np.asarray(serve(images=batch)["probabilities"])
     return rounds * batch_size / (time.perf_counter() - start)
 
 
@@ -194,20 +193,28 @@ def main() -> None:
         engines = {
             "lmrec": saved_model_serve(model, preprocess, size, os.path.join(work, name)),
             "lmrec+xla": xla_serve(model, preprocess),
-            "lmrec+tflite": tflite_serve(model, preprocess, size, work),
         }
+        tflite = tflite_serves(model, preprocess, size, work)
+        engines["lmrec+tflite"] = tflite["float32"]
+        engines["lmrec+tflite-int8"] = tflite["int8"]
         row = {"image_size": size, "plain_images_per_s": round(plain, 2), "paths": {}}
+        reference: dict[str, str] = {}
         for engine, serve in engines.items():
             rate, rows = lmrec_rate(serve, size, folder, args.batch_size, len(paths))
             order = {os.path.join(folder, f"{i:05d}{os.path.splitext(p)[1]}"): i
                      for i, p in enumerate(paths)}  # fmt: skip
             top1 = [CLASSES.index(r.label) == plain_top1[order[r.file]] for r in rows]
+            labels = {r.file: r.label for r in rows}
+            reference = reference or labels  # the first engine: the SavedModel signature
             compute = compute_rate(lambda images, s=serve: s(images=images), size, args.batch_size)
             row["paths"][engine] = {
                 "images_per_s": round(rate, 2),
                 "ratio_to_plain": round(rate / plain, 2),
                 "compute_only_images_per_s": round(compute, 2),
                 "top1_agreement_with_plain": round(float(np.mean(top1)), 3),
+                "top1_agreement_with_savedmodel": round(
+                    float(np.mean([labels[f] == reference[f] for f in reference])), 3
+                ),
             }
             print(f"{name} {engine}: {rate:.2f} img/s ({rate / plain:.2f}x plain {plain:.2f})",
                   flush=True)  # fmt: skip
@@ -226,8 +233,9 @@ def main() -> None:
     os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
     atomic.write_json(RESULTS, report)
     print(f"\nFLOP ceiling {ceiling:.1f} GFLOP/s; {len(paths)} photos; target {TARGET_RATIO}x\n")
-    print("| backbone | size | plain img/s | lmrec | lmrec+xla | lmrec+tflite | fastest |")
-    print("|---|---|---|---|---|---|---|")
+    print("| backbone | size | plain img/s | lmrec | lmrec+xla | lmrec+tflite | lmrec+tflite-int8 "
+          "| fastest |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|")
     for name, row in report["backbones"].items():
         cells = [f"{p['images_per_s']} ({p['ratio_to_plain']}x)" for p in row["paths"].values()]
         print(f"| {name} | {row['image_size']} | {row['plain_images_per_s']} | "

@@ -161,7 +161,7 @@ class PredictConfig:
     batch_size: int = 32
     min_score: float = 0.0  # labels scoring below this are not written (CSV, JSON or XMP)
     xmp: bool = False  # write an XMP sidecar per photo with the landmark as a keyword
-    engine: str = "auto"  # auto | savedmodel | tflite (the float32 file beside the export)
+    engine: str = "auto"  # auto | savedmodel | tflite | tflite-int8 (files beside the export)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -460,7 +460,8 @@ FLAG_TABLE: tuple[tuple[type, str, str], ...] = (
         PredictConfig,
         "engine",
         "For lmrec.predict on an export: savedmodel (its serving_images signature) | tflite "
-        "(the float32 file lmrec.export --tflite=float32 wrote beside it) | auto (tflite when "
+        "(the float32 file lmrec.export --tflite=float32 wrote beside it) | tflite-int8 (the "
+        "int8 file: faster for big backbones, probabilities slightly off) | auto (tflite when "
         "that file exists: as fast or faster on every measured backbone).",
     ),
     (

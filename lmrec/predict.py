@@ -38,7 +38,9 @@ from lmrec.tag_store import Row, TagStore, check_output
 NO_LANDMARK = metrics.NO_LANDMARK_NAME
 
 
-ENGINES = ("auto", "savedmodel", "tflite")
+# --engine -> the TFLite file beside the export it runs ("auto" and "savedmodel" need none).
+TFLITE_ENGINES = {"tflite": "float32", "tflite-int8": "int8"}
+ENGINES = ("auto", "savedmodel", *TFLITE_ENGINES)
 
 
 @dataclass
@@ -58,7 +60,7 @@ class Tagger:
 
 
 def _tflite_serve(path: str) -> Callable[..., dict]:
-    """The float32 TFLite file's signature (XNNPACK, a thread per core) as a serve function."""
+    """A TFLite file's signature (XNNPACK, a thread per core) as a serve function."""
     runner = tflite_export.interpreter(path, os.cpu_count() or 1).get_signature_runner(
         "serving_default"
     )
@@ -78,10 +80,12 @@ def load_tagger(model: str, engine: str = "auto") -> Tagger:
     engine: savedmodel calls the export's serving_images signature; tflite the
     float32 TFLite file `lmrec.export --tflite=float32` wrote beside it (equal to
     1e-6, and as fast or faster on every backbone benchmarks/predict_throughput.py
-    measured); auto takes that file when it exists. A model_dir runs its Keras model.
+    measured); tflite-int8 the dynamic-range int8 file (faster for the big
+    backbones, probabilities a little off: opt-in only); auto takes the float32
+    file when it exists. A model_dir runs its Keras model.
 
     Raises:
-      UserError: the path is none of those, or --engine=tflite finds no TFLite file.
+      UserError: the path is none of those, or a tflite engine finds no TFLite file.
     """
     if engine not in ENGINES:
         raise UserError(f"--engine={engine!r}: choose one of {', '.join(ENGINES)}")
@@ -90,10 +94,10 @@ def load_tagger(model: str, engine: str = "auto") -> Tagger:
     if not os.path.isdir(model):
         raise UserError(f"--model={model!r} is not a folder")
     if os.path.isfile(os.path.join(model, run_files.CONFIG_FILE)):
-        if engine == "tflite":
+        if engine in TFLITE_ENGINES:
             raise UserError(
-                f"--engine=tflite needs an export: --model={model} is a model_dir "
-                "(python -m lmrec.export --tflite=float32 writes one)"
+                f"--engine={engine} needs an export: --model={model} is a model_dir "
+                "(python -m lmrec.export --tflite=float32,int8 writes one)"
             )
         trained = run_files.load(model)
         _, from_uint8 = export.serving_functions(
@@ -117,13 +121,14 @@ def load_tagger(model: str, engine: str = "auto") -> Tagger:
                 f"{run_files.CONFIG_FILE}"
             )
     metadata = export.read_metadata(saved_model)
-    tflite = os.path.join(tflite_export.output_folder(saved_model), "float32.tflite")
-    if engine == "tflite" and not os.path.isfile(tflite):
+    variant = TFLITE_ENGINES.get(engine, "float32")
+    tflite = os.path.join(tflite_export.output_folder(saved_model), f"{variant}.tflite")
+    if engine in TFLITE_ENGINES and not os.path.isfile(tflite):
         raise UserError(
-            f"--engine=tflite: {tflite} does not exist; write it with python -m lmrec.export "
-            "--tflite=float32, or use --engine=savedmodel"
+            f"--engine={engine}: {tflite} does not exist; write it with python -m lmrec.export "
+            f"--tflite={variant}, or use --engine=savedmodel"
         )
-    use_tflite = engine in ("auto", "tflite") and os.path.isfile(tflite)
+    use_tflite = engine != "savedmodel" and os.path.isfile(tflite)
     serve = (
         _tflite_serve(tflite)
         if use_tflite
@@ -135,7 +140,7 @@ def load_tagger(model: str, engine: str = "auto") -> Tagger:
         description=f"SavedModel {saved_model}",
         serve=serve,
         reject_threshold=metadata.get("reject_threshold", 0.0),
-        engine="tflite float32" if use_tflite else "savedmodel",
+        engine=f"tflite {variant}" if use_tflite else "savedmodel",
     )
 
 

@@ -128,5 +128,10 @@ def test_predict_runs_the_float32_file_when_the_export_has_one(report, saved_mod
         [s for r in runs["savedmodel"].rows for _, s in r.top],
         atol=1e-5,
     )
+    int8 = predict.predict(saved_model, [str(tmp_path)], engine="tflite-int8", verbose=False)
+    assert predict.load_tagger(saved_model, "tflite-int8").engine == "tflite int8"
+    np.testing.assert_allclose(  # the int8 bound test_float16_and_int8_stay_close uses
+        [r.score for r in int8.rows], [r.score for r in runs["savedmodel"].rows], atol=5e-2
+    )
     with pytest.raises(UserError, match="--engine='fast'"):
         predict.load_tagger(saved_model, "fast")
