@@ -1,6 +1,8 @@
 """What predict finds in a photographer's folders: photos, RAW twins, sidecar names.
 
-A camera often writes DSC_8188.NEF beside DSC_8188.JPG. The RAW is never
+Hidden files and XMP sidecars are skipped silently (listing the sidecars a
+previous --xmp run wrote would double the output). A camera often writes
+DSC_8188.NEF beside DSC_8188.JPG. The RAW is never
 decoded: it is tagged through its JPEG (or HEIC, PNG...) twin, and the pair
 shares one XMP sidecar, DSC_8188.xmp, as Lightroom and Bridge expect. A RAW
 without a twin is listed as ignored, with what to do.
@@ -67,7 +69,7 @@ def scan(inputs: list[str]) -> Scan:
         elif images.has_image_extension(path) or path in explicit:
             result.photos.append(path)
         elif path.lower().endswith(SIDECAR_EXTENSION):
-            result.ignored.append({"file": path, "reason": "XMP sidecar (metadata, not a photo)"})
+            continue  # a photo's metadata (perhaps written by --xmp), not a file to report
         else:
             result.ignored.append({"file": path, "reason": "not an image extension"})
     by_stem: dict[tuple[str, str], list[str]] = {}

@@ -72,8 +72,8 @@ def archive(tmp_path) -> dict:
     put("day 1/truncated.jpg", whole[: len(whole) // 2], "failed")
     put("day 2/notes.jpg", b"a text file, not a photo\n" * 20, "failed")
     put("day 2/readme.txt", b"hello", "ignored")
-    put("day 2/DSC_0002.xmp", b"<x:xmpmeta xmlns:x='adobe:ns:meta/'/>", "ignored")
-    put("day 2/.DS_Store", b"\0\0", "hidden")
+    put("day 2/DSC_0002.xmp", b"<x:xmpmeta xmlns:x='adobe:ns:meta/'/>", "hidden")
+    put("day 2/.DS_Store", b"\0\0", "hidden")  # "hidden": skipped without a row
     return {"root": root, "expect": expect, "upright": photo}
 
 
