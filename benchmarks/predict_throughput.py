@@ -14,7 +14,7 @@ in this one process and on the same cores:
   plain     what the Keras examples do: keras.utils.load_img(path, target_size)
             + img_to_array for each photo in turn, then model.predict on each batch
             of --batch_size.
-  lmrec     lmrec.predict.tag with the exported SavedModel's serving_images
+  lmrec     lmrec.predict.predict with the exported SavedModel's serving_images
             signature (written by keras.export.ExportArchive as lmrec.export does):
             photos decoded in threads, a JPEG DCT-scaled to the smallest size that
             keeps its short side >= the input size and resized once, batches
@@ -148,9 +148,9 @@ def tflite_serves(model, preprocess, size, folder) -> dict:
 
 def lmrec_rate(serve, size, folder, batch_size, count) -> tuple[float, list]:
     tagger = predict.Tagger(CLASSES, size, "benchmark", serve)
-    predict.tag(tagger, [folder], batch_size=batch_size, verbose=False, top_k=1)  # warm-up
+    predict.predict(tagger, [folder], batch_size=batch_size, verbose=False, top_k=1)  # warm-up
     start = time.perf_counter()
-    result = predict.tag(tagger, [folder], batch_size=batch_size, verbose=False, top_k=1)
+    result = predict.predict(tagger, [folder], batch_size=batch_size, verbose=False, top_k=1)
     elapsed = time.perf_counter() - start
     assert len(result.rows) + len(result.failures) == count, "every photo is counted"
     return count / elapsed, result.rows

@@ -228,16 +228,8 @@ def _raw_rows(scan: photo_archive.Scan, by_file: dict[str, Row]) -> list[Row]:
     return rows
 
 
-def _check_arguments(inputs: list[str], output: str, min_score: float) -> None:
-    if not inputs:
-        raise UserError("Name at least one photo or folder to tag")
-    check_output(output)
-    if not 0.0 <= min_score <= 1.0:
-        raise UserError(f"--min_score={min_score} must be within [0, 1]")
-
-
 def predict(
-    model: str,
+    model: str | Tagger,
     inputs: list[str],
     output: str = "",
     top_k: int = 5,
@@ -250,34 +242,22 @@ def predict(
 ) -> PredictResult:
     """Tags every photo under inputs; writes CSV or JSON to output when given.
 
-    A photo whose top probability is below reject_threshold (None: the model's
-    stored --reject_threshold) is labelled NO_LANDMARK; its top-k stay in the
-    output. An existing output is resumed: photos tagged in it are not redone.
-    On Ctrl-C the output is written with what is done, then the interrupt goes on.
+    model is a path for load_tagger(model, engine), or a Tagger already loaded
+    (benchmarks, a notebook tagging several folders). A photo whose top
+    probability is below reject_threshold (None: the model's stored
+    --reject_threshold) is labelled NO_LANDMARK; its top-k stay in the output. An
+    existing output is resumed: photos tagged in it are not redone. On Ctrl-C the
+    output is written with what is done, then the interrupt goes on.
 
     Returns:
       Rows, failures ({"file", "reason"}), ignored files and counts.
     """
-    _check_arguments(inputs, output, min_score)  # before the model loads: fail fast
-    tagger = load_tagger(model, engine)
-    return tag(
-        tagger, inputs, output, top_k, batch_size, verbose, reject_threshold, min_score, write_xmp
-    )
-
-
-def tag(
-    tagger: Tagger,
-    inputs: list[str],
-    output: str = "",
-    top_k: int = 5,
-    batch_size: int = 32,
-    verbose: bool = True,
-    reject_threshold: float | None = None,
-    min_score: float = 0.0,
-    write_xmp: bool = False,
-) -> PredictResult:
-    """predict() with the model already loaded (a Tagger): what benchmarks and notebooks reuse."""
-    _check_arguments(inputs, output, min_score)
+    if not inputs:
+        raise UserError("Name at least one photo or folder to tag")
+    check_output(output)
+    if not 0.0 <= min_score <= 1.0:
+        raise UserError(f"--min_score={min_score} must be within [0, 1]")
+    tagger = model if isinstance(model, Tagger) else load_tagger(model, engine)
     threshold = tagger.reject_threshold if reject_threshold is None else reject_threshold
     metrics.check_threshold(threshold)
     labeling = Labeling(

@@ -8,6 +8,9 @@ import io
 import json
 import os
 import pathlib
+import signal
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -126,28 +129,34 @@ def test_heic_without_pillow_heif_names_the_package(monkeypatch):
         images.decode(heif_header, "IMG_1.HEIC")
 
 
+def _stop_at_call(monkeypatch, call: int, error: type[BaseException]) -> list[int]:
+    """Makes the model's call number `call` raise error; returns the batch sizes it saw."""
+    calls: list[int] = []
+    original = predict.Tagger.probabilities
+
+    def stopping(self, pixels):
+        calls.append(len(pixels))
+        if len(calls) == call:
+            raise error
+        return original(self, pixels)
+
+    monkeypatch.setattr(predict.Tagger, "probabilities", stopping)
+    return calls
+
+
 def test_rerun_skips_tagged_photos_and_an_interrupt_keeps_the_work(
     trained_demo, archive, tmp_path, monkeypatch
 ):
     out = tmp_path / "tags.json"
     root = str(archive["root"])
-    calls = []
-    original = predict.Tagger.probabilities
-
-    def interrupted(self, pixels):
-        calls.append(len(pixels))
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return original(self, pixels)
-
-    monkeypatch.setattr(predict.Tagger, "probabilities", interrupted)
+    _stop_at_call(monkeypatch, 2, KeyboardInterrupt)
     with pytest.raises(KeyboardInterrupt):
         predict.predict(trained_demo.model_dir, [root], str(out), batch_size=3, verbose=False)
     payload = json.loads(out.read_text(encoding="utf-8"))
     first_batch = [p for p in payload["predictions"] if "tagged_from" not in p]
     assert len(first_batch) == 3  # written on the interrupt
     assert payload["model"].startswith("model_dir ")
-    monkeypatch.setattr(predict.Tagger, "probabilities", original)
+    monkeypatch.undo()
 
     second = predict.predict(trained_demo.model_dir, [root], str(out), verbose=False)
     photos = sum(v == "tagged" for v in archive["expect"].values())
@@ -158,32 +167,42 @@ def test_rerun_skips_tagged_photos_and_an_interrupt_keeps_the_work(
     assert len(third.failures) == 3  # failed photos are tried again, and fail again
 
 
-class Killed(BaseException):
-    """Stands for SIGKILL: nothing after it runs, only what was already on disk survives."""
+# Run in a child process that SIGKILLs itself as the model is called the third time:
+# no finally block, no flush, only what was on disk by then survives.
+KILLED_AT_THIRD_BATCH = """
+import os, signal, sys
+from lmrec import predict
+
+calls = []
+original = predict.Tagger.probabilities
+
+def killing(self, pixels):
+    calls.append(len(pixels))
+    if len(calls) == 3:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return original(self, pixels)
+
+predict.Tagger.probabilities = killing
+predict.predict(sys.argv[1], [sys.argv[2]], sys.argv[3], batch_size=2, verbose=False)
+"""
 
 
-def test_a_killed_run_resumes_from_the_journal(trained_demo, archive, tmp_path, monkeypatch):
+def test_a_sigkilled_run_resumes_from_the_journal(
+    trained_demo, archive, tmp_path, env_for_subprocess
+):
     out = tmp_path / "tags.csv"
     root = str(archive["root"])
-    calls = []
-    original = predict.Tagger.probabilities
-
-    def killed(self, pixels):
-        calls.append(len(pixels))
-        if len(calls) == 3:
-            raise Killed
-        return original(self, pixels)
-
-    monkeypatch.setattr(predict.Tagger, "probabilities", killed)
-    with pytest.raises(Killed):
-        predict.predict(trained_demo.model_dir, [root], str(out), batch_size=2, verbose=False)
+    command = [sys.executable, "-c", KILLED_AT_THIRD_BATCH, trained_demo.model_dir, root, str(out)]
+    killed = subprocess.run(command, env=env_for_subprocess, capture_output=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr.decode()[-2000:]
     journal = pathlib.Path(str(out) + tag_store.JOURNAL_SUFFIX)
     assert not out.exists() and journal.exists()
+    lines = journal.read_text(encoding="utf-8").splitlines()
+    done = sum(1 for line in lines[1:] if "error" not in json.loads(line))
     with open(journal, "a", encoding="utf-8") as f:
-        f.write('{"file": "cut short by the ki')  # a line the kill cut in half
-    monkeypatch.setattr(predict.Tagger, "probabilities", original)
+        f.write('{"file": "cut short by the ki')  # a line a kill could cut in half
     resumed = predict.predict(trained_demo.model_dir, [root], str(out), verbose=False)
-    assert resumed.resumed == sum(calls[:2]) >= 3  # the photos of the two batches before it
+    assert resumed.resumed == done >= 3  # the photos of the two batches before the kill
     assert not journal.exists()
     tagged = [r for r in _csv(out) if not r["error"]]
     assert len(tagged) == len(resumed.rows) == resumed.resumed + resumed.classified + 1  # + RAW
