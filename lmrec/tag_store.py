@@ -98,7 +98,9 @@ class TagStore:
                 payload = json.loads(text)
                 self._check_model(payload.get("model"), self.output)
                 return [Row.from_json(p) for p in payload.get("predictions", [])]
-            return [_csv_row(record) for record in csv.DictReader(io.StringIO(text))]
+            records = csv.DictReader(io.StringIO(text))
+            # Ignored files are listed anew from each run's scan, not carried over.
+            return [_csv_row(r) for r in records if not r["error"].startswith(IGNORED_PREFIX)]
         except (ValueError, KeyError, TypeError) as error:
             raise UserError(
                 f"--output={self.output} exists but is not an lmrec predict output ({error}); "
@@ -170,6 +172,7 @@ class TagStore:
 
 
 CSV_HEADER = ["file", "label", "score", "error", "tagged_from"]
+IGNORED_PREFIX = "ignored: "
 
 
 def _csv_text(rows: list[Row], ignored: list[dict[str, str]], k: int) -> str:
@@ -186,12 +189,12 @@ def _csv_text(rows: list[Row], ignored: list[dict[str, str]], k: int) -> str:
         tops = [value for label, score in r.top[:k] for value in (label, f"{score:.4f}")]
         writer.writerow([r.file, r.label, f"{r.score:.4f}", "", r.tagged_from, *tops])
     for item in ignored:
-        writer.writerow([item["file"], "", "", f"ignored: {item['reason']}", ""])
+        writer.writerow([item["file"], "", "", IGNORED_PREFIX + item["reason"], ""])
     return buffer.getvalue()
 
 
 def _csv_row(record: dict) -> Row:
-    """A CSV line back into a Row; ignored files come back as errors (looked at again)."""
+    """A CSV line back into a Row (failed photos come back as errors, tried again)."""
     if record.get("error"):
         return Row(file=record["file"], error=record["error"])
     top = []

@@ -111,6 +111,9 @@ def test_every_file_of_a_messy_archive_is_tagged_or_reported(trained_demo, archi
     tagged = sum(v in ("tagged", "twin") for v in expected.values())
     assert len(result.rows) == tagged and len(result.failures) == 3
     assert not os.path.exists(str(out) + tag_store.JOURNAL_SUFFIX)
+    again = predict.predict(trained_demo.model_dir, [str(archive["root"])], str(out), top_k=3)
+    assert again.classified == 0 and len(again.failures) == 3
+    assert sorted(r["file"] for r in _csv(out)) == sorted(r["file"] for r in rows.values())
 
 
 def test_exif_orientation_is_applied_before_classification(archive):
