@@ -80,14 +80,20 @@ def archive(tmp_path) -> dict:
     return {"root": root, "expect": expect, "upright": photo}
 
 
+@pytest.fixture(scope="module")
+def tagger(trained_demo):
+    """The demo model loaded once: every predict call below reuses it."""
+    return predict.load_tagger(trained_demo.model_dir)
+
+
 def _csv(path) -> list[dict]:
     with open(path, encoding="utf-8", newline="") as f:
         return list(csv.DictReader(f))
 
 
-def test_every_file_of_a_messy_archive_is_tagged_or_reported(trained_demo, archive, tmp_path):
+def test_every_file_of_a_messy_archive_is_tagged_or_reported(tagger, archive, tmp_path):
     out = tmp_path / "tags.csv"
-    result = predict.predict(trained_demo.model_dir, [str(archive["root"])], str(out), top_k=3)
+    result = predict.predict(tagger, [str(archive["root"])], str(out), top_k=3)
     rows = {os.path.relpath(r["file"], archive["root"]): r for r in _csv(out)}
     expected = {k: v for k, v in archive["expect"].items() if v != "hidden"}
     assert set(rows) == set(expected)
@@ -111,7 +117,7 @@ def test_every_file_of_a_messy_archive_is_tagged_or_reported(trained_demo, archi
     tagged = sum(v in ("tagged", "twin") for v in expected.values())
     assert len(result.rows) == tagged and len(result.failures) == 3
     assert not os.path.exists(str(out) + tag_store.JOURNAL_SUFFIX)
-    again = predict.predict(trained_demo.model_dir, [str(archive["root"])], str(out), top_k=3)
+    again = predict.predict(tagger, [str(archive["root"])], str(out), top_k=3)
     assert again.classified == 0 and len(again.failures) == 3
     assert sorted(r["file"] for r in _csv(out)) == sorted(r["file"] for r in rows.values())
 
@@ -148,23 +154,23 @@ def _stop_at_call(monkeypatch, call: int, error: type[BaseException]) -> list[in
 
 
 def test_rerun_skips_tagged_photos_and_an_interrupt_keeps_the_work(
-    trained_demo, archive, tmp_path, monkeypatch
+    tagger, archive, tmp_path, monkeypatch
 ):
     out = tmp_path / "tags.json"
     root = str(archive["root"])
     _stop_at_call(monkeypatch, 2, KeyboardInterrupt)
     with pytest.raises(KeyboardInterrupt):
-        predict.predict(trained_demo.model_dir, [root], str(out), batch_size=3, verbose=False)
+        predict.predict(tagger, [root], str(out), batch_size=3, verbose=False)
     payload = json.loads(out.read_text(encoding="utf-8"))
     first_batch = [p for p in payload["predictions"] if "tagged_from" not in p]
     assert len(first_batch) == 3  # written on the interrupt
     assert payload["model"].startswith("model_dir ")
     monkeypatch.undo()
 
-    second = predict.predict(trained_demo.model_dir, [root], str(out), verbose=False)
+    second = predict.predict(tagger, [root], str(out), verbose=False)
     photos = sum(v == "tagged" for v in archive["expect"].values())
     assert second.resumed == 3 and second.classified == photos - 3
-    third = predict.predict(trained_demo.model_dir, [root], str(out), verbose=False)
+    third = predict.predict(tagger, [root], str(out), verbose=False)
     assert third.classified == 0 and third.resumed == photos
     assert [r.file for r in third.rows] == [r.file for r in second.rows]
     assert len(third.failures) == 3  # failed photos are tried again, and fail again
@@ -191,7 +197,7 @@ predict.predict(sys.argv[1], [sys.argv[2]], sys.argv[3], batch_size=2, verbose=F
 
 
 def test_a_sigkilled_run_resumes_from_the_journal(
-    trained_demo, archive, tmp_path, env_for_subprocess
+    trained_demo, tagger, archive, tmp_path, env_for_subprocess
 ):
     out = tmp_path / "tags.csv"
     root = str(archive["root"])
@@ -204,21 +210,21 @@ def test_a_sigkilled_run_resumes_from_the_journal(
     done = sum(1 for line in lines[1:] if "error" not in json.loads(line))
     with open(journal, "a", encoding="utf-8") as f:
         f.write('{"file": "cut short by the ki')  # a line a kill could cut in half
-    resumed = predict.predict(trained_demo.model_dir, [root], str(out), verbose=False)
+    resumed = predict.predict(tagger, [root], str(out), verbose=False)
     assert resumed.resumed == done >= 3  # the photos of the two batches before the kill
     assert not journal.exists()
     tagged = [r for r in _csv(out) if not r["error"]]
     assert len(tagged) == len(resumed.rows) == resumed.resumed + resumed.classified + 1  # + RAW
 
 
-def test_output_from_another_model_is_not_mixed_in(trained_demo, archive, tmp_path):
+def test_output_from_another_model_is_not_mixed_in(tagger, archive, tmp_path):
     out = tmp_path / "tags.json"
     out.write_text(json.dumps({"model": "SavedModel elsewhere/3", "predictions": []}))
     with pytest.raises(UserError, match="elsewhere/3"):
-        predict.predict(trained_demo.model_dir, [str(archive["root"])], str(out), verbose=False)
+        predict.predict(tagger, [str(archive["root"])], str(out), verbose=False)
     out.write_text("not json")
     with pytest.raises(UserError, match="not an lmrec predict output"):
-        predict.predict(trained_demo.model_dir, [str(archive["root"])], str(out), verbose=False)
+        predict.predict(tagger, [str(archive["root"])], str(out), verbose=False)
 
 
 def _digest(root: pathlib.Path) -> dict[str, str]:
@@ -229,7 +235,7 @@ def _digest(root: pathlib.Path) -> dict[str, str]:
     }
 
 
-def test_xmp_sidecars_carry_the_keyword_and_keep_the_photographers(trained_demo, archive, tmp_path):
+def test_xmp_sidecars_carry_the_keyword_and_keep_the_photographers(tagger, archive, tmp_path):
     root = archive["root"]
     before = _digest(root)
     user_sidecar = root / "day 2" / "rgba.xmp"
@@ -247,7 +253,7 @@ def test_xmp_sidecars_carry_the_keyword_and_keep_the_photographers(trained_demo,
     broken = root / "day 2" / "anim.xmp"
     broken.write_text("<not xml", encoding="utf-8")
     result = predict.predict(
-        trained_demo.model_dir, [str(root)], str(tmp_path / "t.csv"), verbose=False,
+        tagger, [str(root)], str(tmp_path / "t.csv"), verbose=False,
         write_xmp=True,
     )  # fmt: skip
     labels = {os.path.relpath(r.file, root): r.label for r in result.rows}
@@ -262,17 +268,17 @@ def test_xmp_sidecars_carry_the_keyword_and_keep_the_photographers(trained_demo,
     assert not (root / "day 1" / "empty.xmp").exists()  # failed photos get none
 
 
-def test_min_score_leaves_out_weak_labels(trained_demo, archive):
+def test_min_score_leaves_out_weak_labels(tagger, archive):
     root = [str(archive["root"])]
-    plain = predict.predict(trained_demo.model_dir, root, top_k=3, verbose=False)
+    plain = predict.predict(tagger, root, top_k=3, verbose=False)
     cut = float(np.median([r.score for r in plain.rows if not r.tagged_from]))
-    strict = predict.predict(trained_demo.model_dir, root, top_k=3, verbose=False, min_score=cut)
+    strict = predict.predict(tagger, root, top_k=3, verbose=False, min_score=cut)
     for before, after in zip(plain.rows, strict.rows, strict=True):
         assert after.top == [(n, s) for n, s in before.top if s >= cut]
         assert after.label == (before.label if before.score >= cut else "")
     assert any(r.label == "" for r in strict.rows)
     with pytest.raises(UserError, match="--min_score"):
-        predict.predict(trained_demo.model_dir, root, min_score=1.5, verbose=False)
+        predict.predict(tagger, root, min_score=1.5, verbose=False)
 
 
 def test_scan_pairs_raw_files_with_their_twins_and_names_sidecars(tmp_path):
