@@ -118,11 +118,8 @@ def plain_rate(model, preprocess, size, paths, batch_size) -> tuple[float, np.nd
 
 
 def saved_model_serve(model, preprocess, size, folder):
-    _, from_uint8 = export.serving_functions(model, CLASSES, size, preprocess, 1)
-    archive = keras.export.ExportArchive()
-    archive.track(model)
-    archive.add_endpoint("serving_images", from_uint8, input_signature=export.UINT8_SIGNATURE)
-    archive.write_out(folder, verbose=False)
+    """The SavedModel lmrec.export writes (its serving_archive), reloaded: serving_images."""
+    export.serving_archive(model, CLASSES, size, preprocess, 1).write_out(folder, verbose=False)
     return tf.saved_model.load(folder).signatures["serving_images"]
 
 

@@ -83,6 +83,20 @@ BYTES_SIGNATURE = [tf.TensorSpec([None], tf.string, name="image_bytes")]
 UINT8_SIGNATURE = [tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")]
 
 
+def serving_archive(
+    model, class_names, image_size: int, preprocess, top_k: int, reject_threshold: float = 0.0
+) -> keras.export.ExportArchive:
+    """The model with both endpoints (serving_default, serving_images), ready to write_out."""
+    from_bytes, from_uint8 = serving_functions(
+        model, class_names, image_size, preprocess, top_k, reject_threshold
+    )
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint("serving_default", from_bytes, input_signature=BYTES_SIGNATURE)
+    archive.add_endpoint("serving_images", from_uint8, input_signature=UINT8_SIGNATURE)
+    return archive
+
+
 def next_version(base: str) -> int:
     """One more than the highest numeric version folder under base (1 when none)."""
     if not os.path.isdir(base):
@@ -111,7 +125,7 @@ def export_saved_model(
     if os.path.exists(path):
         raise UserError(f"{path} already exists; versions are never overwritten (omit --version)")
     threshold = trained.config.evaluate.reject_threshold
-    from_bytes, from_uint8 = serving_functions(
+    archive = serving_archive(
         trained.model,
         trained.class_names,
         trained.image_size,
@@ -119,10 +133,6 @@ def export_saved_model(
         config.top_k,
         threshold,
     )
-    archive = keras.export.ExportArchive()
-    archive.track(trained.model)
-    archive.add_endpoint("serving_default", from_bytes, input_signature=BYTES_SIGNATURE)
-    archive.add_endpoint("serving_images", from_uint8, input_signature=UINT8_SIGNATURE)
     with atomic.new_directory(path) as tmp:
         archive.write_out(tmp, verbose=False)
         extra = os.path.join(tmp, EXTRA_DIR)

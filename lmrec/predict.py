@@ -200,18 +200,26 @@ class Labeling:
     reject_threshold: float
     min_score: float
 
-    def row(self, path: str, probabilities: np.ndarray) -> Row:
-        order = np.argsort(-probabilities, kind="stable")[: self.k]
-        ranked = [(self.class_names[i], float(probabilities[i])) for i in order]
-        best = ranked[0][1]
-        if best < self.reject_threshold:
-            label = NO_LANDMARK
-        elif best < self.min_score:
-            label = ""
-        else:
-            label = ranked[0][0]
-        top = [(name, score) for name, score in ranked if score >= self.min_score]
-        return Row(file=path, label=label, score=best, top=top)
+    def rows(self, paths: list[str], probabilities: np.ndarray) -> list[Row]:
+        """One Row per photo of a batch; the top-k of the whole batch in one sort."""
+        order = np.argsort(-probabilities, axis=1, kind="stable")[:, : self.k]
+        scores = np.take_along_axis(probabilities, order, axis=1).tolist()
+        rows = []
+        for path, indices, ranked_scores in zip(paths, order.tolist(), scores, strict=True):
+            best = ranked_scores[0]
+            if best < self.reject_threshold:
+                label = NO_LANDMARK
+            elif best < self.min_score:
+                label = ""
+            else:
+                label = self.class_names[indices[0]]
+            top = [
+                (self.class_names[i], score)
+                for i, score in zip(indices, ranked_scores, strict=True)
+                if score >= self.min_score
+            ]
+            rows.append(Row(file=path, label=label, score=best, top=top))
+        return rows
 
 
 def _raw_rows(scan: photo_archive.Scan, by_file: dict[str, Row]) -> list[Row]:
@@ -281,9 +289,7 @@ def predict(
             good = [(path, data) for path, data in batch if not isinstance(data, str)]
             if good:
                 probabilities = tagger.probabilities(np.stack([data for _, data in good]))
-                tagged = [
-                    labeling.row(path, p) for (path, _), p in zip(good, probabilities, strict=True)
-                ]
+                tagged = labeling.rows([path for path, _ in good], probabilities)
                 if write_xmp:
                     _write_sidecars(tagged, scan, tagger.description, result)
                 rows += tagged
