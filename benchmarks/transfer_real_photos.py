@@ -24,6 +24,7 @@ import datetime
 import json
 import os
 import platform
+import shutil
 import sys
 import time
 
@@ -44,9 +45,12 @@ def run_one(dataset: str, recipe: str, seed: int, runs_dir: str) -> dict:
     from lmrec.data.prepare import read_stats
     from lmrec.train import train_and_evaluate
 
+    model_dir = os.path.join(runs_dir, f"{dataset}_{recipe}_seed{seed}")
+    # A finished run left there would be taken as done (lmrec resumes): start afresh.
+    shutil.rmtree(model_dir, ignore_errors=True)
     experiment = config.experiment_from_flagfile(
         os.path.join("configs", f"{dataset}_{recipe}.cfg"),
-        f"--model_dir={os.path.join(runs_dir, f'{dataset}_{recipe}_seed{seed}')}",
+        f"--model_dir={model_dir}",
         f"--seed={seed}",
         "--export_after=false",
     )
