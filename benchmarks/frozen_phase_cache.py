@@ -93,7 +93,7 @@ def run_one(config_args, augment: str, passes: int | None, seed: int, runs_dir: 
         "feature_seconds": cache.get("seconds", 0.0),
         # Phase time in neither the features nor an epoch (fit's setup, the resume saves
         # between epochs): about 1 s; 29-41 s in 3 of 14 runs on images on a shared
-        # machine, with epochs of normal length (most likely a stalled disk write).
+        # machine, with epochs of normal length (cause not found).
         "outside_epochs_seconds": round(
             result.phase_wall_seconds["frozen"]
             - cache.get("seconds", 0.0)
