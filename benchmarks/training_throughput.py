@@ -5,11 +5,11 @@ against a forward pass, per backbone, in one run.
         [--backbones=baseline,efficientnet_lite0,resnet50,xception,inceptionv3]
         [--image_size=96] [--batch_size=16] [--steps=50] [--epochs=3] [--rounds=1]
 
-A quick check: --backbones=baseline --epochs=2. The default run took 19 minutes on a
-2-core CPU shared with other jobs (load average 4-6), most of it not timed: each run
-builds its model and traces the train function of both phases (30-50 s for a deep
-backbone's phase 2 there), which the uncounted first epochs absorb. --rounds=3
-repeats everything for medians (three times as long).
+A quick check: --backbones=baseline --epochs=2. The default run (50 steps per epoch)
+took 23 minutes on a 2-core CPU shared with other jobs (load average 1.2-1.7), most of
+it not timed: each run builds its model and traces the train function of both phases,
+which the uncounted first epochs absorb. --rounds=3 repeats everything for medians
+(three times as long).
 
 Prepares a small demo dataset (--source=demo: 8 classes of drawn landmarks) in a
 temporary folder, then for each backbone (weights=none: random initialization, no
@@ -85,10 +85,11 @@ RESULT = os.path.join(REPO, "benchmarks", "results", "training_throughput.json")
 # Steps per epoch. lmrec's per-phase work (the phase-end resume checkpoint of the whole
 # model, the sample-prediction drawing) is a fixed cost that a bare fit does not pay:
 # 0.1-0.8 s per epoch amortized over 3 short epochs, a fifth of a 10-step epoch and a
-# twentieth of a 50-step one (the 2026-11-23 runs: 0.71-1.00 at 10 steps, 0.97-1.04
-# at 50). Real epochs are longer still (intel_scenes: 29 steps of 32; GLDv2 subsets:
-# thousands); --steps=10 shows that fixed cost, the JSON's extra_seconds_per_epoch
-# and steps_per_epoch_for_target give it at any length.
+# twentieth of a 50-step one (2026-11-23: 0.71-1.00 at 10 steps; 2026-11-24 at 50:
+# 0.86-1.10, ResNet-50 the low one, its loop alone being slower; see README). Real
+# epochs are longer still (intel_scenes: 29 steps of 32; GLDv2 subsets: thousands);
+# --steps=10 shows that fixed cost, the JSON's extra_seconds_per_epoch and
+# steps_per_epoch_for_target give it at any length.
 DEFAULT_STEPS = 50
 DEFAULT_BACKBONES = "baseline,efficientnet_lite0,resnet50,xception,inceptionv3"
 PHASES = ("frozen", "finetune")
