@@ -233,3 +233,13 @@ def test_evaluate_on_an_image_folder_matches_classes_by_name(trained_demo, train
     assert supports["tower"] == supports["dome"] == supports["lighthouse"] == 3
     assert supports["arch"] == 0
     assert os.path.isfile(os.path.join(result.report_dir, "confusion_matrix.png"))
+
+
+def test_top_k_indices_equal_a_full_stable_sort():
+    rng = np.random.default_rng(0)
+    probabilities = rng.random((16, 500)).astype(np.float32)
+    probabilities[3, [7, 2, 40]] = 2.0  # a tie within the top k: class index decides
+    for k in (1, 5, 500, 600):
+        expected = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
+        np.testing.assert_array_equal(predict.top_k_indices(probabilities, k), expected)
+    assert predict.top_k_indices(probabilities, 5)[3, :3].tolist() == [2, 7, 40]
