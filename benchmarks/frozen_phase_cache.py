@@ -26,9 +26,7 @@ benchmarks/results/frozen_phase_cache.json.
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
 import datetime
-import multiprocessing
 import os
 import shutil
 import statistics
@@ -39,7 +37,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
-import machine_info  # noqa: E402 - benchmarks/ is on sys.path when run as a script
+import fresh_process  # noqa: E402 - benchmarks/ is on sys.path when run as a script
+import machine_info  # noqa: E402
 
 SHARED_CONFIG = "configs/intel_scenes_lite0.cfg"
 SHARED_PHOTOS = "../shared/data/intel_scenes_small"
@@ -107,18 +106,6 @@ def run_one(config_args, augment: str, passes: int | None, seed: int, runs_dir: 
         "test_images": (result.metrics or {}).get("num_images"),
         "total_seconds": round(time.time() - started, 1),
     }
-
-
-def in_fresh_process(function, *args):
-    """function(*args) in a new Python process, its result returned.
-
-    Every run starts from the same state. In one process, the features of a cached
-    run took 10.2 s as its first run and 11.9-12.0 s after other runs (memory and
-    thread pools the runs before left behind), which favoured whichever ran first.
-    """
-    context = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
-        return pool.submit(function, *args).result()
 
 
 def _mean(rows: list[dict], key: str) -> float | None:
@@ -212,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
             for cached_passes in [None, *passes]:
                 label = "images" if cached_passes is None else f"{cached_passes} cached pass(es)"
                 print(f"phase 1: augment={augment}, {label}, seed {seed} ...", file=sys.stderr)
-                row = in_fresh_process(
+                row = fresh_process.run(
                     run_one, config_args, augment, cached_passes, seed, args.runs_dir, args.epochs
                 )
                 print(

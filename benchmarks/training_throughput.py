@@ -13,7 +13,8 @@ which the uncounted first epochs absorb. --rounds=3 repeats everything for media
 
 Prepares a small demo dataset (--source=demo: 8 classes of drawn landmarks) in a
 temporary folder, then for each backbone (weights=none: random initialization, no
-download), in this one process and on the same cores, measures:
+download), on the same cores, each run in a fresh process (benchmarks/fresh_process.py),
+measures:
 
   lmrec   lmrec.train.train_and_evaluate itself on configs/demo.cfg (evaluation and
           export off; --steps_per_epoch=--steps, --epochs epochs per phase), with
@@ -34,8 +35,8 @@ steps over the epoch's wall time minus its validation pass (the same work in bot
 timed from on_test_begin to on_test_end), and the JSON also gives the rates with the
 validation pass left in. The first epoch of each phase (tracing the train, test and
 predict functions; filling the shuffle buffer) is not counted. To see both fits'
-epochs, a clock callback with epoch hooks only (no batch hooks, so Keras keeps the
-bare fit's asynchronous batch-end dispatch) is put first in both callback lists; in
+epochs, a clock callback with epoch hooks only (no batch hooks: it changes nothing a
+step does) is put first in both callback lists; in
 the lmrec run it is added by wrapping keras.Model.fit for the duration of the call, and
 each of lmrec's callback hooks is timed too, so the JSON says which callback costs
 what per epoch. Phase 1 trains on images in all three (--cache_frozen_features=off,
@@ -64,8 +65,6 @@ import argparse
 import contextlib
 import dataclasses
 import datetime
-import gc
-import json
 import os
 import resource
 import shutil
@@ -79,7 +78,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
-import machine_info  # noqa: E402 - benchmarks/ is on sys.path when run as a script
+import fresh_process  # noqa: E402 - benchmarks/ is on sys.path when run as a script
+import machine_info  # noqa: E402
 
 RESULT = os.path.join(REPO, "benchmarks", "results", "training_throughput.json")
 # Steps per epoch. lmrec's per-phase work (the phase-end resume checkpoint of the whole
@@ -121,8 +121,9 @@ def _clock_class():
         """Wall and CPU time of every epoch (to the next epoch's start, so every callback's
         epoch-end work is in it), its validation pass, and the callbacks' time per hook.
 
-        Only epoch and test begin/end hooks: a callback with batch hooks would turn off
-        Keras' asynchronous batch-end dispatch in the bare fit.
+        Only epoch and test begin/end hooks: nothing per step. (Keras 3's TensorFlow
+        backend calls batch ends synchronously in every fit, a bare one too: it
+        declares itself not thread-safe, tensorflow/tensorflow#78338.)
         """
 
         def __init__(self):
@@ -176,8 +177,8 @@ def _clock_class():
 def _time_hooks(callback, clock) -> None:
     """Charges each hook the callback implements (not Keras' empty default) to the clock.
 
-    Default hooks stay untouched, so Keras' choice of asynchronous batch-end dispatch,
-    which looks at which hooks are overridden, is the same as without the timing.
+    Default hooks stay untouched, so what Keras sees overridden (it decides batch-end
+    dispatch by that on backends that allow asynchronous dispatch) is as without timing.
     """
     from keras.src import utils
 
@@ -283,7 +284,6 @@ def _epoch_rows(clock, steps: int) -> tuple[dict[str, list[dict]], dict[str, flo
 
 def run_lmrec(config, runs_dir: str, index: int) -> dict:
     """train_and_evaluate as lmrec.train runs it; returns timed epochs and parameter counts."""
-    import keras
 
     from lmrec import train
 
@@ -292,8 +292,6 @@ def run_lmrec(config, runs_dir: str, index: int) -> dict:
     with clocked_fits(clock):
         result = train.train_and_evaluate(config, model_dir=model_dir, verbose=False)
     shutil.rmtree(model_dir, ignore_errors=True)
-    keras.backend.clear_session()
-    gc.collect()
     epochs, first = _epoch_rows(clock, config.train.steps_per_epoch)
     return {
         "epochs": epochs,
@@ -357,9 +355,6 @@ def run_plain(config, forward_batches: int) -> dict:
         epoch += epochs
         if phase == "frozen":
             forward = measure_forward(model, train_data, forward_batches)
-    del model
-    keras.backend.clear_session()
-    gc.collect()
     epochs, first = _epoch_rows(clock, steps)
     return {
         "epochs": epochs,
@@ -589,9 +584,11 @@ def main(argv: list[str] | None = None) -> int:
                 for variant in order:
                     t0 = time.time()
                     if variant == "lmrec":
-                        measured["lmrec"] = run_lmrec(config, tmp, round_index)
+                        measured["lmrec"] = fresh_process.run(run_lmrec, config, tmp, round_index)
                     else:
-                        measured["plain"] = run_plain(config, args.steps * (args.epochs - 1))
+                        measured["plain"] = fresh_process.run(
+                            run_plain, config, args.steps * (args.epochs - 1)
+                        )
                     measured[variant]["run_seconds"] = time.time() - t0
                     rates = {
                         phase: _rate(measured[variant]["epochs"][phase], False) for phase in PHASES
@@ -639,10 +636,9 @@ def main(argv: list[str] | None = None) -> int:
         "backbones": [summarize(name, runs[name], configs[name]) for name in names],
     }
     result["markdown"] = table(result)
-    os.makedirs(os.path.dirname(args.output), exist_ok=True)
-    with open(args.output, "w", encoding="utf-8") as f:
-        json.dump(result, f, indent=2)
-        f.write("\n")
+    from lmrec import atomic
+
+    atomic.write_json(args.output, result)
     print(result["markdown"])
     print(f"\nWrote {args.output} ({result['seconds']:.0f} s)", file=sys.stderr)
     return 0
