@@ -284,7 +284,6 @@ def _epoch_rows(clock, steps: int) -> tuple[dict[str, list[dict]], dict[str, flo
 
 def run_lmrec(config, runs_dir: str, index: int) -> dict:
     """train_and_evaluate as lmrec.train runs it; returns timed epochs and parameter counts."""
-
     from lmrec import train
 
     clock = _clock_class()()
