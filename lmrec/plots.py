@@ -191,7 +191,12 @@ def training_curves_png(history: list[dict], path: str) -> None:
         axis.set_xlabel("epoch")
         axis.set_title(metric)
         axis.grid(alpha=0.3)
-        axis.legend(fontsize=8)
+        if history:
+            axis.legend(fontsize=8)
+        else:  # A run stopped before its first epoch ended: say so, not a blank chart.
+            axis.text(
+                0.5, 0.5, "no epoch finished", ha="center", va="center", transform=axis.transAxes
+            )
     _save(figure, path)
 
 

@@ -254,3 +254,15 @@ def test_early_stopping_ends_a_phase_and_tensorboard_gets_images_and_learning_ra
     # Every 2nd epoch (epoch 1, the first's drawing skipped) and each phase's last (2).
     assert samples["sample_predictions"] == [(1, "images"), (2, "images")]
     assert "epoch_learning_rate" in _summaries(os.path.join(logs, "train"))
+
+
+def test_training_curves_of_a_run_without_a_finished_epoch_say_so_without_warnings(tmp_path):
+    import warnings
+
+    from lmrec import plots
+
+    path = tmp_path / "curves.png"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # matplotlib warns on a legend with nothing in it
+        plots.training_curves_png([], str(path))
+    assert path.stat().st_size > 0
