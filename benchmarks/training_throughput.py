@@ -4,12 +4,15 @@ against a forward pass, per backbone, in one run.
     python benchmarks/training_throughput.py
         [--backbones=baseline,efficientnet_lite0,resnet50,xception,inceptionv3]
         [--image_size=96] [--batch_size=16] [--steps=50] [--epochs=3] [--rounds=1]
+        [--without=ResumeCheckpoint,...]
 
 A quick check: --backbones=baseline --epochs=2. The default run (50 steps per epoch)
 took 23 minutes on a 2-core CPU shared with other jobs (load average 1.2-1.7), most of
 it not timed: each run builds its model and traces the train function of both phases,
 which the uncounted first epochs absorb. --rounds=3 repeats everything for medians
-(three times as long).
+(three times as long). --without=ResumeCheckpoint (or other lmrec callbacks' class
+names) leaves those callbacks out of lmrec's fits: an ablation that shows what they
+cost, recorded in the JSON's settings; lmrec.train itself always installs them.
 
 Prepares a small demo dataset (--source=demo: 8 classes of drawn landmarks) in a
 temporary folder, then for each backbone (weights=none: random initialization, no
@@ -202,17 +205,19 @@ def _time_hooks(callback, clock) -> None:
 
 
 @contextlib.contextmanager
-def clocked_fits(clock):
-    """Within the block every keras.Model.fit gets the clock first in its callbacks."""
+def clocked_fits(clock, without: frozenset[str] = frozenset()):
+    """Within the block every keras.Model.fit gets the clock first in its callbacks, and
+    none of the callbacks whose class names are in `without` (--without: an ablation)."""
     import keras
 
     had_own = "fit" in vars(keras.Model)
     original = keras.Model.fit
 
     def fit(self, *args, callbacks=None, **kwargs):
-        for callback in callbacks or []:
+        kept = [c for c in callbacks or [] if type(c).__name__ not in without]
+        for callback in kept:
             _time_hooks(callback, clock)
-        return original(self, *args, callbacks=[clock, *(callbacks or [])], **kwargs)
+        return original(self, *args, callbacks=[clock, *kept], **kwargs)
 
     keras.Model.fit = fit
     try:
@@ -282,13 +287,14 @@ def _epoch_rows(clock, steps: int) -> tuple[dict[str, list[dict]], dict[str, flo
     return rows, first
 
 
-def run_lmrec(config, runs_dir: str, index: int) -> dict:
-    """train_and_evaluate as lmrec.train runs it; returns timed epochs and parameter counts."""
+def run_lmrec(config, runs_dir: str, index: int, without: frozenset[str] = frozenset()) -> dict:
+    """train_and_evaluate as lmrec.train runs it (less the callbacks named in `without`);
+    returns timed epochs and parameter counts."""
     from lmrec import train
 
     clock = _clock_class()()
     model_dir = os.path.join(runs_dir, f"lmrec-{index}")
-    with clocked_fits(clock):
+    with clocked_fits(clock, without):
         result = train.train_and_evaluate(config, model_dir=model_dir, verbose=False)
     shutil.rmtree(model_dir, ignore_errors=True)
     epochs, first = _epoch_rows(clock, config.train.steps_per_epoch)
@@ -488,7 +494,12 @@ def table(result: dict) -> str:
         f"{s['image_size']} px, batch {s['batch_size']}, {s['steps']} steps x {s['epochs']} "
         f"epochs per phase (the first not counted), weights=none, "
         f"{result['machine']['cpus_usable']} CPU cores, {rounds}; steps/s leave out the "
-        "validation pass (run in both)",
+        "validation pass (run in both)"
+        + (
+            f"; ablation: lmrec without {', '.join(s['lmrec_without_callbacks'])}"
+            if s.get("lmrec_without_callbacks")
+            else ""
+        ),
         "",
         "| backbone | phase | trainable params | lmrec steps/s | plain fit steps/s | "
         f"lmrec / plain (target {TARGET_RATIO}) | lmrec extra s/epoch | step / forward |",
@@ -554,8 +565,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--demo_images_per_class", type=int, default=30)
     parser.add_argument("--demo_image_size", type=int, default=128)
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument(
+        "--without",
+        default="",
+        help="an ablation: lmrec callbacks (class names, comma-separated, e.g. "
+        "ResumeCheckpoint) left out of the lmrec run's fits, to see what they cost",
+    )
     parser.add_argument("--output", default=RESULT)
     args = parser.parse_args(argv)
+    without = frozenset(n.strip() for n in args.without.split(",") if n.strip())
+    unknown = without - {*CALLBACKS, "ResumeCheckpoint", "ResumableEarlyStopping", "SwapEMAWeights"}
+    if unknown:
+        parser.error(
+            f"--without: not a callback lmrec.train installs: {', '.join(sorted(unknown))}"
+        )
     if args.epochs < 2:
         parser.error("--epochs must be >= 2: the first epoch of each phase is not counted")
     os.chdir(REPO)  # configs/demo.cfg includes configs/common.cfg by a relative path
@@ -583,7 +606,9 @@ def main(argv: list[str] | None = None) -> int:
                 for variant in order:
                     t0 = time.time()
                     if variant == "lmrec":
-                        measured["lmrec"] = fresh_process.run(run_lmrec, config, tmp, round_index)
+                        measured["lmrec"] = fresh_process.run(
+                            run_lmrec, config, tmp, round_index, without
+                        )
                     else:
                         measured["plain"] = fresh_process.run(
                             run_plain, config, args.steps * (args.epochs - 1)
@@ -627,6 +652,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{args.demo_image_size} px, val_fraction from configs/common.cfg",
             "config": "configs/demo.cfg with the overrides above, evaluate/export off, "
             "cache_frozen_features=off",
+            "lmrec_without_callbacks": sorted(without),
             "validation": "both fits validate every epoch; steps_per_second excludes the "
             "validation pass, steps_per_second_with_validation includes it",
         },
