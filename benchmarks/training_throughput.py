@@ -13,6 +13,9 @@ which the uncounted first epochs absorb. --rounds=3 repeats everything for media
 (three times as long). --without=ResumeCheckpoint (or other lmrec callbacks' class
 names) leaves those callbacks out of lmrec's fits: an ablation that shows what they
 cost, recorded in the JSON's settings; lmrec.train itself always installs them.
+Without ResumeCheckpoint, which also keeps the run's epoch count, phase 2 starts at
+epoch 0 again, so the sample drawing every 5 epochs falls on other epochs: compare
+phase 1 only.
 
 Prepares a small demo dataset (--source=demo: 8 classes of drawn landmarks) in a
 temporary folder, then for each backbone (weights=none: random initialization, no
