@@ -489,6 +489,8 @@ def code_version() -> dict:
 
 # The lmrec callbacks in the second table, in the order lmrec.train installs them.
 CALLBACKS = ("HistoryWriter", "AtomicCheckpoint", "TensorBoard", "SamplePredictions")
+# Every callback lmrec.train may install (the last two by flag), which --without may name.
+LMREC_CALLBACKS = (*CALLBACKS, "ResumeCheckpoint", "ResumableEarlyStopping", "SwapEMAWeights")
 
 
 def table(result: dict) -> str:
@@ -578,7 +580,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", default=RESULT)
     args = parser.parse_args(argv)
     without = frozenset(n.strip() for n in args.without.split(",") if n.strip())
-    unknown = without - {*CALLBACKS, "ResumeCheckpoint", "ResumableEarlyStopping", "SwapEMAWeights"}
+    unknown = without - set(LMREC_CALLBACKS)
     if unknown:
         parser.error(
             f"--without: not a callback lmrec.train installs: {', '.join(sorted(unknown))}"
