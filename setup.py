@@ -20,7 +20,11 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10,<3.13",
-    packages=find_packages(include=["lmrec", "lmrec.*"]),
+    # configs/ ships too, as the package lmrec.bundled_configs (its __init__.py lets an
+    # editable install map it): `python -m lmrec.copy_configs` copies it into ./configs.
+    packages=[*find_packages(include=["lmrec", "lmrec.*"]), "lmrec.bundled_configs"],
+    package_dir={"lmrec.bundled_configs": "configs"},
+    package_data={"lmrec.bundled_configs": ["*.cfg", "*/*.cfg"]},
     install_requires=[
         # GPU users: pip install "tensorflow[and-cuda]>=2.16,<2.22" (see README).
         "tensorflow>=2.16,<2.22",
@@ -72,6 +76,7 @@ setup(
             "lmrec-export=lmrec.export:run",
             "lmrec-predict=lmrec.predict:run",
             "lmrec-gradcam=lmrec.gradcam:run",
+            "lmrec-copy-configs=lmrec.copy_configs:run",
         ]
     },
 )

@@ -33,4 +33,12 @@ def run_stage(main: Callable[[list[str]], int | None], positional: bool) -> None
             print(f"{program}: error: {error}", file=sys.stderr)
             return 2
 
+    from lmrec import copy_configs
+
+    # absl's own message for a missing flagfile does not say that a pip install keeps
+    # lmrec's configs inside the package.
+    missing = copy_configs.missing_flagfile_hint(sys.argv[1:])
+    if missing:
+        print(f"{sys.argv[0].rsplit('/', 1)[-1]}: error: {missing}", file=sys.stderr)
+        sys.exit(2)
     app.run(guarded)
