@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import http.server
-import io
 import os
 import pathlib
 import re
@@ -20,12 +19,12 @@ import threading
 import urllib.parse
 
 import pytest
-from PIL import Image
 
 from lmrec.config import PrepareConfig
 from lmrec.data import gldv2_download
 from lmrec.data.sources import gldv2
 from lmrec.errors import UserError
+from tests import fake_gldv2
 
 # Image ids (16 hex) per tar; WANTED mixes both tars and one id that is in none.
 TAR_IDS = {
@@ -37,49 +36,23 @@ WANTED = {"0123456789abcdef", "fedcba9876543210", "abc0000000000002", ABSENT_ID}
 LABELS = gldv2_download.LABEL_CSV
 
 
-def _jpeg(seed: int) -> bytes:
-    out = io.BytesIO()
-    Image.new("RGB", (8, 6), (seed * 40 % 256, 90, 200)).save(out, "JPEG")
-    return out.getvalue()
-
-
-def _add(archive: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    archive.addfile(info, io.BytesIO(data))
-
-
-def _write_tar(path: pathlib.Path, members: dict[str, bytes]) -> bytes:
-    with tarfile.open(path, "w") as archive:
-        for name, data in members.items():
-            _add(archive, name, data)
-    return path.read_bytes()
-
-
 @pytest.fixture
 def mirror(tmp_path):
     """A fake mirror folder; returns {"root", "images": {id: bytes}, "tars": {n: bytes}}."""
     root = tmp_path / "mirror"
-    (root / "metadata").mkdir(parents=True)
-    (root / "train").mkdir()
-    (root / "md5sum" / "train").mkdir(parents=True)
-    images, tars = {}, {}
-    rows = ["id,url,landmark_id"]
-    for number, ids in TAR_IDS.items():
-        members = {}
-        for i, image_id in enumerate(ids):
-            images[image_id] = _jpeg(number * 10 + i)
-            # Tar 0 stores a/b/c/<id>.jpg as the official tars do; tar 1 adds a train/ prefix.
-            prefix = "train/" if number == 1 else ""
-            members[f"{prefix}{'/'.join(image_id[:3])}/{image_id}.jpg"] = images[image_id]
-            rows.append(f"{image_id},http://example.com/{image_id}.jpg,{i % 2}")
-        name = f"images_{number:03d}"
-        tars[number] = _write_tar(root / "train" / f"{name}.tar", members)
-        md5 = hashlib.md5(tars[number]).hexdigest()
-        (root / "md5sum" / "train" / f"md5.{name}.txt").write_text(f"{md5}  {name}.tar\n")
-    (root / "metadata" / "train.csv").write_text("\n".join(rows) + "\n")
-    (root / "metadata" / "train_label_to_category.csv").write_text(
-        "landmark_id,category\n0,http://commons.wikimedia.org/wiki/Category:A\n"
+    images = {
+        image_id: fake_gldv2.jpeg(((number * 10 + i) * 40 % 256, 90, 200))
+        for number, ids in TAR_IDS.items()
+        for i, image_id in enumerate(ids)
+    }
+    tars = fake_gldv2.write_mirror(
+        root,
+        {
+            number: {image_id: (images[image_id], i % 2) for i, image_id in enumerate(ids)}
+            for number, ids in TAR_IDS.items()
+        },
+        categories={0: "A"},
+        prefixed=frozenset({1}),  # tar 0 stores a/b/c/<id>.jpg as the official tars do
     )
     return {"root": root, "images": images, "tars": tars}
 
@@ -388,11 +361,11 @@ def test_malicious_member_paths_stay_inside_the_images_folder(tmp_path):
     good_id, other_id, link_id = "0000000000000aaa", "1111111111111bbb", "2222222222222ccc"
     tar = tmp_path / "evil.tar"
     with tarfile.open(tar, "w") as archive:
-        _add(archive, "../../evil.jpg", b"evil")
-        _add(archive, f"../../{good_id}.jpg", b"good")
-        _add(archive, f"/tmp/{other_id}.jpg", b"other")
-        _add(archive, "0/0/0/NOTHEX0000000000.jpg", b"not hex")
-        _add(archive, "0/0/0/00000000000000.jpg", b"too short")
+        fake_gldv2.add_member(archive, "../../evil.jpg", b"evil")
+        fake_gldv2.add_member(archive, f"../../{good_id}.jpg", b"good")
+        fake_gldv2.add_member(archive, f"/tmp/{other_id}.jpg", b"other")
+        fake_gldv2.add_member(archive, "0/0/0/NOTHEX0000000000.jpg", b"not hex")
+        fake_gldv2.add_member(archive, "0/0/0/00000000000000.jpg", b"too short")
         link = tarfile.TarInfo(f"2/2/2/{link_id}.jpg")
         link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
         archive.addfile(link)

@@ -1,9 +1,12 @@
-"""The Colab notebooks: the quick start runs end to end, the GLDv2 one is checked statically.
+"""The Colab notebooks, both executed end to end and checked statically.
 
-scripts/colab_quickstart.ipynb is executed with nbclient on the demo data at tiny
-settings, injected papermill-style after its "parameters" cell, in a temporary
-folder. scripts/colab_gldv2.ipynb needs GLDv2 and an accelerator, so it is only
-validated, compiled cell by cell, and checked for lmrec names that no longer exist.
+Each is executed with nbclient at tiny settings, injected papermill-style after its
+"parameters" cell, in a temporary folder: scripts/colab_quickstart.ipynb on the demo
+data, scripts/colab_gldv2.ipynb on a fake GLDv2 mirror (file://, the official layout,
+tests/fake_gldv2.py) with the baseline CNN on the CPU, so its download, prepare,
+train, evaluate and export cells run; its accelerator paths (mixed precision, TPU) do
+not. Both are also validated, compiled cell by cell, and checked for lmrec names that
+no longer exist.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import ast
 import csv
 import dataclasses
 import functools
+import hashlib
 import importlib
 import inspect
 import json
@@ -25,6 +29,7 @@ import pytest
 
 from lmrec import config as config_lib
 from lmrec import distribute
+from lmrec import model_dir as run_files
 from lmrec.models import backbones
 from tests.conftest import REPO
 
@@ -96,16 +101,12 @@ def _kernelspec_of_this_python(jupyter_dir) -> str:
     return name
 
 
-@pytest.fixture(scope="module")
-def executed_quickstart(tmp_path_factory):
-    """The quick start executed in a fresh kernel, in a temporary working folder."""
+def _execute(path, parameters: dict, cwd, jupyter_dir):
+    """Runs a notebook in a fresh kernel in `cwd`, `parameters` injected; returns it executed."""
     from nbclient import NotebookClient
 
-    cwd = tmp_path_factory.mktemp("colab_quickstart")
-    work_dir = cwd / "work"
-    jupyter_dir = tmp_path_factory.mktemp("jupyter")
-    nb = nbformat.read(QUICKSTART, as_version=4)
-    _inject_parameters(nb, {**TINY, "WORK_DIR": str(work_dir)})
+    nb = nbformat.read(path, as_version=4)
+    _inject_parameters(nb, parameters)
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("JUPYTER_PATH", str(jupyter_dir))  # searched before every other kernel dir
         client = NotebookClient(
@@ -115,7 +116,76 @@ def executed_quickstart(tmp_path_factory):
             resources={"metadata": {"path": str(cwd)}},
         )
         client.execute()
+    return nb
+
+
+@pytest.fixture(scope="module")
+def executed_quickstart(tmp_path_factory):
+    """The quick start executed in a fresh kernel, in a temporary working folder."""
+    cwd = tmp_path_factory.mktemp("colab_quickstart")
+    work_dir = cwd / "work"
+    jupyter_dir = tmp_path_factory.mktemp("jupyter")
+    nb = _execute(QUICKSTART, {**TINY, "WORK_DIR": str(work_dir)}, cwd, jupyter_dir)
     return nb, cwd, work_dir
+
+
+# The GLDv2 notebook's subset on a fake mirror: three landmarks of 10 photos each, spread
+# over two tars, and a fourth with too few photos for MIN_IMAGES_PER_CLASS.
+GLDV2_LANDMARKS = {
+    101: ("Eiffel_Tower", 10, (200, 60, 40)),
+    202: ("Ha_Long_Bay", 10, (40, 160, 200)),
+    303: ("Golden_Gate_Bridge", 10, (220, 200, 40)),
+    404: ("Too_Few_Photos", 3, (90, 90, 90)),
+}
+GLDV2_TINY = {
+    "GLDV2_CSV": "train_clean",
+    "GLDV2_TARS": "0-1",
+    "MIN_IMAGES_PER_CLASS": 8,
+    "NUM_CLASSES": 3,
+    "MAX_IMAGES_PER_CLASS": 0,
+    "DATA_NAME": "gld3",
+    "BACKBONE": "baseline",
+    "WEIGHTS": "none",
+    "IMAGE_SIZE": 32,
+    "UNFREEZE_FROM": "",
+    "BATCH_SIZE": 8,
+    "EPOCHS_FROZEN": 1,
+    "EPOCHS_FINETUNE": 1,
+    "STRATEGY": "default",
+    "MIXED_PRECISION": "none",
+}
+
+
+def _write_gldv2_mirror(root) -> dict[str, int]:
+    """The fake mirror (file://); returns every image id with its landmark."""
+    from tests import fake_gldv2
+
+    landmark_of, tars = {}, {0: {}, 1: {}}
+    for landmark, (_, count, color) in GLDV2_LANDMARKS.items():
+        for i in range(count):
+            image_id = hashlib.md5(f"{landmark}-{i}".encode()).hexdigest()[:16]
+            shade = tuple(min(255, c + 4 * i) for c in color)
+            tars[i % 2][image_id] = (fake_gldv2.jpeg(shade, size=(48, 40)), landmark)
+            landmark_of[image_id] = landmark
+    categories = {landmark: name for landmark, (name, _, _) in GLDV2_LANDMARKS.items()}
+    fake_gldv2.write_mirror(root, tars, categories, prefixed=frozenset({1}))
+    return landmark_of
+
+
+@pytest.fixture(scope="module")
+def executed_gldv2(tmp_path_factory):
+    """The GLDv2 notebook run end to end on a file:// mirror, at tiny settings on the CPU."""
+    cwd = tmp_path_factory.mktemp("colab_gldv2")
+    landmark_of = _write_gldv2_mirror(cwd / "mirror")
+    parameters = {
+        **GLDV2_TINY,
+        "GLDV2_DIR": str(cwd / "gldv2"),
+        "GLDV2_URL": (cwd / "mirror").as_uri(),
+        "RECORDS_DIR": str(cwd / "tf_records"),
+        "DRIVE_DIR": str(cwd / "drive"),
+    }
+    nb = _execute(GLDV2, parameters, cwd, tmp_path_factory.mktemp("jupyter"))
+    return nb, cwd, landmark_of
 
 
 def _outputs(nb, cell_id: str) -> list:
@@ -201,6 +271,47 @@ def test_quickstart_trains_what_configs_demo_cfg_says(executed_quickstart):
         if value != expected.to_dict()[section][name]
     }
     assert differences == {}
+
+
+def test_gldv2_notebook_runs_from_download_to_export(executed_gldv2):
+    nb, cwd, landmark_of = executed_gldv2
+    names = {name for name, count, _ in GLDV2_LANDMARKS.values() if count >= 8}
+
+    # Download: the selection's photos from both tars (one stores train/a/b/c/), nothing
+    # of the landmark below MIN_IMAGES_PER_CLASS, and no tar left behind (keep_tars=False).
+    wanted = {image_id for image_id, landmark in landmark_of.items() if landmark != 404}
+    assert {p.stem for p in (cwd / "gldv2" / "train").rglob("*.jpg")} == wanted
+    assert not list((cwd / "gldv2").rglob("*.tar"))
+    assert f"images wanted: {len(wanted)}, wanted but not found" in _stdout(nb, "download")
+
+    # Prepare: the three landmarks by their category names, every photo in a split.
+    data_dir = cwd / "tf_records" / GLDV2_TINY["DATA_NAME"]
+    labels = json.loads((data_dir / "labels.json").read_text(encoding="utf-8"))
+    assert {entry["name"] for entry in labels} == names
+    assert {entry["landmark_id"] for entry in labels} == {"101", "202", "303"}
+    stats = json.loads((data_dir / "stats.json").read_text(encoding="utf-8"))
+    assert stats["totals"]["train"] + stats["totals"]["val"] == len(wanted)
+
+    # Train, on Drive: both phases' epochs, the curves shown inline.
+    model_dir = cwd / "drive" / "runs" / f"{GLDV2_TINY['DATA_NAME']}_baseline"
+    with open(model_dir / "history.csv", newline="", encoding="utf-8") as f:
+        assert len(list(csv.DictReader(f))) == 2
+    assert (model_dir / run_files.BEST_WEIGHTS).is_file()
+    assert any("image/png" in o.get("data", {}) for o in _outputs(nb, "train"))
+
+    # Evaluate: the report (inline) over the validation split.
+    metrics = json.loads((model_dir / "report" / "metrics.json").read_text(encoding="utf-8"))
+    assert metrics["num_images"] == stats["totals"]["val"]
+    assert re.search(r"accuracy: 0\.\d{3}|accuracy: 1\.000", _stdout(nb, "evaluate"))
+    assert any("text/html" in o.get("data", {}) for o in _outputs(nb, "evaluate"))
+
+    # Export to Drive, then eight downloaded photos tagged with the three names.
+    export = _stdout(nb, "export")
+    saved_model = export.rsplit("SavedModel: ", 1)[1].strip()
+    assert saved_model.startswith(str(cwd / "drive" / "export"))
+    assert os.path.isfile(os.path.join(saved_model, "saved_model.pb"))
+    tagged = re.findall(r"^[0-9a-f]{16}\.jpg: (\w+) \((?:0|1)\.\d\d\)$", export, re.M)
+    assert len(tagged) == 8 and set(tagged) <= names
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
