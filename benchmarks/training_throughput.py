@@ -488,7 +488,7 @@ def code_version() -> dict:
 
 
 # The lmrec callbacks in the second table, in the order lmrec.train installs them.
-CALLBACKS = ("HistoryWriter", "AtomicCheckpoint", "TensorBoard", "SamplePredictions")
+CALLBACKS = ("HistoryWriter", "AtomicCheckpoint", "EpochTensorBoard", "SamplePredictions")
 # Every callback lmrec.train may install (the last two by flag), which --without may name.
 LMREC_CALLBACKS = (*CALLBACKS, "ResumeCheckpoint", "ResumableEarlyStopping", "SwapEMAWeights")
 

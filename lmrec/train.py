@@ -540,7 +540,7 @@ def train_and_evaluate(
         history_writer,
         checkpoint,
         # Logs every metric and the learning rate per epoch (logs/train, logs/validation).
-        keras.callbacks.TensorBoard(log_dir=os.path.join(model_dir, run_files.LOGS_DIR)),
+        callbacks_lib.EpochTensorBoard(log_dir=os.path.join(model_dir, run_files.LOGS_DIR)),
     ]
     samples = None
     if val_data is not None and config.train.tensorboard_images:

@@ -256,6 +256,38 @@ def test_early_stopping_ends_a_phase_and_tensorboard_gets_images_and_learning_ra
     assert "epoch_learning_rate" in _summaries(os.path.join(logs, "train"))
 
 
+def test_epoch_tensorboard_skips_per_step_summary_calls_but_logs_every_epoch(tmp_path, monkeypatch):
+    """Keras' TensorBoard calls tf.summary.scalar per step even when logging per epoch."""
+    names: list[str] = []
+    scalar = tf.summary.scalar
+
+    def recording(name, *args, **kwargs):
+        names.append(name)
+        return scalar(name, *args, **kwargs)
+
+    monkeypatch.setattr(tf.summary, "scalar", recording)
+    x = np.random.default_rng(0).normal(size=(12, 3)).astype("float32")
+    y = np.eye(2, dtype="float32")[np.arange(12) % 2]
+    calls = {}
+    for board in (keras.callbacks.TensorBoard, callbacks.EpochTensorBoard):
+        names.clear()
+        model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, activation="softmax")])
+        model.compile("sgd", "categorical_crossentropy", metrics=["accuracy"])
+        log_dir = str(tmp_path / board.__name__)
+        model.fit(x, y, batch_size=4, epochs=2, verbose=0, callbacks=[board(log_dir=log_dir)])
+        calls[board] = list(names)
+        logged = _summaries(os.path.join(log_dir, "train"))
+        assert [step for step, _ in logged["epoch_loss"]] == [0, 1]
+        assert "epoch_learning_rate" in logged and not any(t.startswith("batch_") for t in logged)
+    assert calls[keras.callbacks.TensorBoard].count("batch_loss") == 6  # 3 steps x 2 epochs
+    assert not any(name.startswith("batch_") for name in calls[callbacks.EpochTensorBoard])
+    assert [n for n in calls[callbacks.EpochTensorBoard] if n.startswith("epoch_")] == [
+        n for n in calls[keras.callbacks.TensorBoard] if n.startswith("epoch_")
+    ]
+    with pytest.raises(ValueError, match="per epoch"):
+        callbacks.EpochTensorBoard(log_dir=str(tmp_path), update_freq=10)
+
+
 def test_training_curves_of_a_run_without_a_finished_epoch_say_so_without_warnings(tmp_path):
     import warnings
 
