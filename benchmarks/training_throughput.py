@@ -93,7 +93,8 @@ RESULT = os.path.join(REPO, "benchmarks", "results", "training_throughput.json")
 # 0.1-0.8 s per epoch amortized over 3 short epochs, a fifth of a 10-step epoch and a
 # twentieth of a 50-step one (2026-11-23: 0.71-1.00 at 10 steps; 2026-11-24 at 50,
 # fresh processes, two 3-round runs: 0.87-1.07 and 0.86-0.98, the same row differing
-# by up to 0.14 between runs on this shared 2-core machine; see README). Real
+# by up to 0.14 between runs on this shared 2-core machine; --steps=160, 47 min a
+# round: 0.88-1.04, two-round reruns of the low rows 0.93-1.00; see README). Real
 # epochs are longer still (intel_scenes: 29 steps of 32; GLDv2 subsets: thousands);
 # --steps=10 shows that fixed cost, the JSON's extra_seconds_per_epoch and
 # steps_per_epoch_for_target give it at any length.
