@@ -283,3 +283,13 @@ def test_bad_gldv2_flags_are_clear(fake_gldv2, tmp_path):
         gldv2.select(_config(fake_gldv2, tmp_path, class_selection="biggest"))
     with pytest.raises(UserError, match="--runner"):
         prepare.prepare(_config(fake_gldv2, tmp_path, runner="spark"), verbose=False)
+
+
+def test_a_landmark_with_tens_of_thousands_of_photos_fits_in_one_csv_row(tmp_path):
+    ids = [f"{index:016x}" for index in range(12_000)]  # one field of about 200 KB
+    (tmp_path / "train_clean.csv").write_text(
+        "landmark_id,images\n" + f"7,{' '.join(ids)}\n" + "8,ffffffffffffffff\n", encoding="utf-8"
+    )
+    config = PrepareConfig(source="gldv2", gldv2_dir=str(tmp_path), gldv2_csv="train_clean")
+    selection = gldv2.select(config)
+    assert {k: len(v) for k, v in selection.images.items()} == {"7": 12_000, "8": 1}
