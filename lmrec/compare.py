@@ -25,7 +25,7 @@ import sys
 import time
 from dataclasses import dataclass
 
-from lmrec import atomic
+from lmrec import atomic, run_lock
 from lmrec.config import ExperimentConfig
 from lmrec.errors import UserError
 
@@ -237,11 +237,19 @@ def compare(
       compare_dir: where runs, rows and the table go.
       verbose: training progress and a line per finished entry.
     """
-    from lmrec.train import train_and_evaluate
-
     if not compare_dir:
         raise UserError("--compare_dir is empty: say where the comparison's runs and table go")
     entries = build_entries(shared_args, models, compare_dir)
+    # One comparison per compare_dir (its rows and table); each entry's run locks its own
+    # model_dir inside it.
+    with run_lock.folder(compare_dir, "compare_dir", "--compare_dir", verbose):
+        return _compare_holding_lock(entries, compare_dir, verbose)
+
+
+def _compare_holding_lock(entries: list[Entry], compare_dir: str, verbose: bool) -> list[dict]:
+    """compare()'s work, done while holding the compare_dir's lock."""
+    from lmrec.train import train_and_evaluate
+
     rows = []
     for number, entry in enumerate(entries, start=1):
         row = _finished_row(entry, compare_dir)

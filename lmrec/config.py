@@ -162,6 +162,10 @@ class PredictConfig:
     min_score: float = 0.0  # labels scoring below this are not written (CSV, JSON or XMP)
     xmp: bool = False  # write an XMP sidecar per photo with the landmark as a keyword
     engine: str = "auto"  # auto | savedmodel | tflite | tflite-int8 (files beside the export)
+    # What one photo may cost (lmrec.data.images; prepare reads with the same defaults).
+    max_file_mb: int = 128  # larger files are refused from their size, unread
+    max_megapixels: int = 100  # pixels decoded (after a JPEG's DCT scaling), from the header
+    decode_memory_mb: int = 512  # estimated memory of the photos decoding at once
 
 
 @dataclasses.dataclass(frozen=True)

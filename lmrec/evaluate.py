@@ -27,7 +27,7 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
-from lmrec import atomic, gradcam, metrics, photo_archive, plots, report
+from lmrec import atomic, gradcam, metrics, photo_archive, plots, report, run_lock
 from lmrec import model_dir as run_files
 from lmrec.data import pipeline, prepare, records
 from lmrec.data.sources import folders
@@ -118,7 +118,7 @@ def distractor_data(trained, folder: str, batch_size: int) -> EvalData:
     paths, ignored = scan.photos, scan.ignored
     if not paths:
         raise UserError(f"--distractors={folder} holds no photos")
-    skipped = [dict(entry) for entry in ignored]
+    skipped = [dict(entry) for entry in [*scan.failures, *ignored]]  # + unreadable folders
     items = [
         ("distractors/" + os.path.relpath(path, folder), path, metrics.NO_LANDMARK)
         for path in paths
@@ -259,7 +259,28 @@ def evaluate(
 
     Returns:
       The metrics (also in report/metrics.json) and the report folder.
+
+    Raises:
+      UserError: among others, another process (a training) writing model_dir.
     """
+    # report/ and logs/ belong to the run: no evaluation while another process writes it.
+    with run_lock.folder(model_dir, flag="", verbose=verbose, create=False):
+        return _evaluate(
+            model_dir, data, batch_size, verbose, trained, distractors, reject_threshold, cam_crop
+        )
+
+
+def _evaluate(
+    model_dir: str,
+    data: str,
+    batch_size: int,
+    verbose: bool,
+    trained,
+    distractors: str,
+    reject_threshold: float | None,
+    cam_crop: bool,
+) -> EvaluationResult:
+    """evaluate()'s work, done while holding the model_dir's lock."""
     trained = trained or run_files.load(model_dir)
     if reject_threshold is None:
         reject_threshold = trained.config.evaluate.reject_threshold

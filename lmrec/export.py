@@ -4,14 +4,29 @@
 
 Signatures:
   serving_default  image_bytes: string [batch] of encoded JPEG/PNG/GIF/BMP/WebP
-                   (what TF Serving's REST API makes of {"b64": ...}), any size
-                   -> classes (string [batch, k]), scores (float [batch, k]),
+                   (what TF Serving's REST API makes of {"b64": ...})
+                   -> ok (bool [batch]: this image was decoded and classified),
+                      classes (string [batch, k]), scores (float [batch, k]),
                       probabilities (float [batch, num_classes]),
                       no_landmark (bool [batch], only when the model_dir's
                       --reject_threshold is above 0)
   serving_images   images: uint8 [batch, height, width, 3] -> the same outputs
-Decoding, resizing and the backbone's normalization run inside the graph. A
-version is never overwritten; the folder appears only once complete, with
+                   (ok always true)
+Decoding, resizing and the backbone's normalization run inside the graph.
+
+Each image of a serving_default batch is answered on its own: an image that is
+not ok gets ok false, empty classes, zero scores and probabilities and
+no_landmark false, and the other images of the batch are answered as if sent
+alone; the request never fails because of one image. An image is not ok when
+its format is none of the five (told by its first bytes; an animated WebP is
+refused too), its header cannot be read, it decodes to more than max_megapixels
+(MAX_MEGAPIXELS = 40 by default, stored in the graph and in lmrec.json; a
+JPEG counts at the 1/2 or 1/4 DCT scale it is decoded at, so a 200-megapixel
+phone photo passes while a 100-megapixel PNG does not), or its data fails to
+decode. The size check reads only the header and comes before any decoding; a
+GIF is decoded from its first frame alone.
+
+A version is never overwritten; the folder appears only once complete, with
 assets.extra/ holding labels.json, lmrec.json and tf_serving_warmup_requests
 (requests for both signatures that TF Serving replays before serving).
 """
@@ -34,6 +49,9 @@ from lmrec.errors import UserError
 
 METADATA_FILE = "lmrec.json"
 EXTRA_DIR = "assets.extra"  # TF Serving's place for files beside the model (warm-up, labels).
+# The most pixels serving_default decodes for one image. 40 MP decoded as uint8 RGB is 120 MB
+# (480 MB as the float the resize reads), a bound per image that a server can budget for.
+MAX_MEGAPIXELS = 40.0
 
 
 def serving_functions(
@@ -43,38 +61,41 @@ def serving_functions(
     preprocess,
     top_k: int,
     reject_threshold: float = 0.0,
+    max_megapixels: float = MAX_MEGAPIXELS,
 ):
     """Returns (from_bytes, from_uint8): the two endpoints as plain functions of the model.
 
     Used both for the export and, in memory, by lmrec.predict on a model_dir.
     With a reject_threshold above 0 the outputs add no_landmark (bool [batch]):
-    the top probability is below the threshold.
+    the top probability is below the threshold. from_bytes answers each image on
+    its own (the module doc); max_megapixels caps what it decodes per image.
     """
     labels = tf.constant(class_names)
     k = min(top_k, len(class_names))
+    max_pixels = int(max_megapixels * 1e6)
 
-    def outputs(images: tf.Tensor) -> dict[str, tf.Tensor]:
+    def outputs(images: tf.Tensor, ok: tf.Tensor) -> dict[str, tf.Tensor]:
+        # Images that are not ok hold zeros; the model runs on them too (the batch keeps
+        # its shape) and their answers are blanked.
         probabilities = tf.cast(model(preprocess(images), training=False), tf.float32)
         scores, indices = tf.math.top_k(probabilities, k=k)
+        answered = ok[:, None]
         result = {
-            "classes": tf.gather(labels, indices),
-            "scores": scores,
-            "probabilities": probabilities,
+            "ok": ok,
+            "classes": tf.where(answered, tf.gather(labels, indices), ""),
+            "scores": tf.where(answered, scores, 0.0),
+            "probabilities": tf.where(answered, probabilities, 0.0),
         }
         if reject_threshold > 0:
-            result["no_landmark"] = scores[:, 0] < reject_threshold
+            result["no_landmark"] = ok & (scores[:, 0] < reject_threshold)
         return result
 
     def from_bytes(image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
-        images = tf.map_fn(
-            lambda encoded: pipeline.decode_and_resize(encoded, image_size),
-            image_bytes,
-            fn_output_signature=tf.TensorSpec([image_size, image_size, 3], tf.float32),
-        )
-        return outputs(images)
+        return outputs(*pipeline.decode_batch_checked(image_bytes, image_size, max_pixels))
 
     def from_uint8(images: tf.Tensor) -> dict[str, tf.Tensor]:
-        return outputs(pipeline.resize(images, image_size))
+        ok = tf.ones(tf.shape(images)[:1], tf.bool)
+        return outputs(pipeline.resize(images, image_size), ok)
 
     return from_bytes, from_uint8
 
@@ -84,11 +105,17 @@ UINT8_SIGNATURE = [tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")
 
 
 def serving_archive(
-    model, class_names, image_size: int, preprocess, top_k: int, reject_threshold: float = 0.0
+    model,
+    class_names,
+    image_size: int,
+    preprocess,
+    top_k: int,
+    reject_threshold: float = 0.0,
+    max_megapixels: float = MAX_MEGAPIXELS,
 ) -> keras.export.ExportArchive:
     """The model with both endpoints (serving_default, serving_images), ready to write_out."""
     from_bytes, from_uint8 = serving_functions(
-        model, class_names, image_size, preprocess, top_k, reject_threshold
+        model, class_names, image_size, preprocess, top_k, reject_threshold, max_megapixels
     )
     archive = keras.export.ExportArchive()
     archive.track(model)
@@ -106,9 +133,15 @@ def next_version(base: str) -> int:
 
 
 def export_saved_model(
-    model_dir: str, config: ExportConfig | None = None, verbose: bool = True, trained=None
+    model_dir: str,
+    config: ExportConfig | None = None,
+    verbose: bool = True,
+    trained=None,
+    max_megapixels: float = MAX_MEGAPIXELS,
 ) -> str:
     """Exports model_dir's best checkpoint as a versioned SavedModel.
+
+    max_megapixels: the most pixels serving_default decodes for one image (module doc).
 
     Returns:
       The version folder, e.g. export/demo/1.
@@ -132,6 +165,7 @@ def export_saved_model(
         trained.preprocess,
         config.top_k,
         threshold,
+        max_megapixels,
     )
     with atomic.new_directory(path) as tmp:
         archive.write_out(tmp, verbose=False)
@@ -149,12 +183,14 @@ def export_saved_model(
             "top_k": min(config.top_k, len(trained.class_names)),
             "class_names": trained.class_names,
             "reject_threshold": threshold,
+            "max_megapixels": max_megapixels,
         }
         atomic.write_json(os.path.join(extra, METADATA_FILE), metadata)
     if verbose:
         print(
-            f"Exported SavedModel {path} (serving_default: image_bytes -> classes, scores, "
-            f"probabilities; serving_images: uint8 images; warm-up requests in {EXTRA_DIR}/).",
+            f"Exported SavedModel {path} (serving_default: image_bytes -> ok, classes, scores, "
+            f"probabilities, at most {max_megapixels:g} megapixels decoded per image; "
+            f"serving_images: uint8 images; warm-up requests in {EXTRA_DIR}/).",
             file=sys.stderr,
         )
     return path

@@ -470,6 +470,24 @@ FLAG_TABLE: tuple[tuple[type, str, str], ...] = (
         "For lmrec.predict: write an XMP sidecar beside each tagged photo with the landmark as "
         "a keyword (existing sidecars are kept and extended; photos are never modified).",
     ),
+    (
+        PredictConfig,
+        "max_file_mb",
+        "For lmrec.predict: a photo file larger than this many MiB fails unread (its size "
+        "alone decides, so a huge or sparse file costs nothing).",
+    ),
+    (
+        PredictConfig,
+        "max_megapixels",
+        "For lmrec.predict: a photo that would decode to more pixels than this (a JPEG counted "
+        "after DCT scaling) fails from its header, before any pixel is decoded.",
+    ),
+    (
+        PredictConfig,
+        "decode_memory_mb",
+        "For lmrec.predict: MiB the photos decoding at once may take together (estimated from "
+        "each header); a photo whose estimate alone exceeds it fails, the others wait their turn.",
+    ),
     # gradcam: what the model looked at
     (
         GradcamConfig,

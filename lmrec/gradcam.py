@@ -346,6 +346,7 @@ def explain_photos(
     scan = photo_archive.scan(list(inputs))
     paths, ignored = scan.photos, scan.ignored
     failures = [entry for entry in ignored if entry["reason"] == "no such file or folder"]
+    failures += scan.failures  # folders that could not be listed
     skipped: list[dict[str, str]] = []
     photos = pipeline.photo_dataset(
         [(path, path, 0) for path in paths],

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import keras
 import numpy as np
 
-from lmrec import atomic, distribute, performance, plots, train
+from lmrec import atomic, distribute, performance, plots, run_lock, train
 from lmrec.config import ExperimentConfig, LrFindConfig
 from lmrec.data import prepare, records
 from lmrec.errors import UserError
@@ -167,6 +167,15 @@ def lr_find(config: ExperimentConfig, settings: LrFindConfig, verbose: bool = Tr
     out_dir = settings.lr_find_dir or config.train.model_dir
     if not out_dir:
         raise UserError("--lr_find_dir or --model_dir is required (where lr_find.png goes)")
+    what = "lr_find_dir" if settings.lr_find_dir else "model_dir"
+    with run_lock.folder(out_dir, what, "--lr_find_dir", verbose):
+        return _range_test(config, settings, out_dir, verbose)
+
+
+def _range_test(
+    config: ExperimentConfig, settings: LrFindConfig, out_dir: str, verbose: bool
+) -> LrFindResult:
+    """lr_find()'s work, done while holding out_dir's lock."""
     data_dir = train.ensure_data(config, verbose)
     num_classes = len(records.read_labels(data_dir))
     stats = prepare.read_stats(data_dir)

@@ -1,8 +1,9 @@
 """What predict finds in a photographer's folders: photos, RAW twins, sidecar names.
 
 Hidden files and XMP sidecars are skipped silently (listing the sidecars a
-previous --xmp run wrote would double the output). A camera often writes
-DSC_8188.NEF beside DSC_8188.JPG. The RAW is never
+previous --xmp run wrote would double the output). A folder that cannot be
+listed is a failure of its own: its photos would otherwise vanish from the
+output. A camera often writes DSC_8188.NEF beside DSC_8188.JPG. The RAW is never
 decoded: it is tagged through its JPEG (or HEIC, PNG...) twin, and the pair
 shares one XMP sidecar, DSC_8188.xmp, as Lightroom and Bridge expect. A RAW
 without a twin is listed as ignored, with what to do.
@@ -26,6 +27,8 @@ class Scan:
     raw_twins: dict[str, str] = field(default_factory=dict)  # RAW path -> photo it takes tags from
     sidecars: dict[str, str] = field(default_factory=dict)  # photo path -> its .xmp path
     ignored: list[dict[str, str]] = field(default_factory=list)  # {"file", "reason"}
+    failures: list[dict[str, str]] = field(default_factory=list)  # unlistable folders, same
+    folders: list[str] = field(default_factory=list)  # every folder listed, in walk order
 
 
 def _stem_key(path: str) -> tuple[str, str]:
@@ -33,20 +36,31 @@ def _stem_key(path: str) -> tuple[str, str]:
     return directory, os.path.splitext(name)[0].lower()
 
 
-def _folder_files(inputs: list[str], ignored: list[dict[str, str]]) -> list[str]:
-    """Every file under inputs (recursively, hidden files skipped), in a stable order."""
+def _folder_files(inputs: list[str], result: Scan) -> list[str]:
+    """Every file under inputs (recursively, hidden files skipped), in a stable order.
+
+    A named path that exists but is neither file nor folder (a FIFO, a device) is
+    listed too, so that reading it fails with what it is.
+    """
+
+    def unlistable(error: OSError) -> None:
+        reason = f"unreadable folder ({error.strerror or error})"
+        folder = error.filename if error.filename is not None else "(a folder)"
+        result.failures.append({"file": folder, "reason": reason})
+
     files: list[str] = []
     for item in inputs:
         if os.path.isdir(item):
-            for directory, subdirs, names in os.walk(item):
+            for directory, subdirs, names in os.walk(item, onerror=unlistable):
+                result.folders.append(directory)
                 subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
                 files.extend(
                     os.path.join(directory, name) for name in sorted(names) if name[0] != "."
                 )
-        elif os.path.isfile(item):
+        elif os.path.exists(item):
             files.append(item)
         else:
-            ignored.append({"file": item, "reason": "no such file or folder"})
+            result.ignored.append({"file": item, "reason": "no such file or folder"})
     return files
 
 
@@ -57,10 +71,10 @@ def scan(inputs: list[str]) -> Scan:
     without one still gets tagged); inside folders, only image extensions are.
     """
     result = Scan()
-    explicit = {item for item in inputs if os.path.isfile(item)}
+    explicit = {item for item in inputs if os.path.exists(item) and not os.path.isdir(item)}
     raws: list[str] = []
     seen: set[str] = set()
-    for path in _folder_files(inputs, result.ignored):
+    for path in _folder_files(inputs, result):
         if path in seen:
             continue
         seen.add(path)

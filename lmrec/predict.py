@@ -10,7 +10,8 @@ antialiased resize) and classified in batches. RAW files take the tags of their
 JPEG twin. Every file ends up in the output: tagged, failed with the reason, or
 ignored with the reason. The output is resumable (lmrec/tag_store.py) and the
 photos are never modified; --xmp writes sidecars (lmrec/xmp.py). The exit status
-is 1 when any photo failed, 0 otherwise.
+is 1 when any photo or folder failed, a named path is missing or a sidecar could not
+be written, 0 otherwise.
 """
 
 from __future__ import annotations
@@ -156,19 +157,23 @@ class PredictResult:
 
 
 def _prepared(
-    paths: list[str], size: int, ahead: int = 64
+    paths: list[str], size: int, ahead: int = 64, limits: images.Limits = images.DEFAULT_LIMITS
 ) -> Iterator[tuple[str, np.ndarray | str]]:
     """Decodes photos to square uint8 arrays in threads (Pillow releases the GIL), in order.
 
     At most `ahead` photos are decoded ahead of the consumer, so memory stays
-    flat on an archive of any size while the model works on the batch before.
+    flat on an archive of any size while the model works on the batch before;
+    limits.budget makes the threads take turns on photos that decode large.
+    Each path yields its array, or the reason it failed as a string.
     """
 
     def load(path):
         try:
-            return path, images.square_pixels(images.read_file(path), size, path)
+            return path, images.square_pixels(images.read_file(path, limits), size, path, limits)
         except images.BadImage as error:
             return path, str(error)
+        except Exception as error:  # noqa: BLE001 - one file's failure, never the run's.
+            return path, f"unexpected error ({type(error).__name__}: {error})"
 
     pending: collections.deque = collections.deque()
     with concurrent.futures.ThreadPoolExecutor(max(1, min(8, os.cpu_count() or 1))) as pool:
@@ -269,6 +274,9 @@ def predict(
     min_score: float = 0.0,
     write_xmp: bool = False,
     engine: str = "auto",
+    max_file_mb: int = images.MAX_FILE_MB,
+    max_megapixels: int = images.MAX_MEGAPIXELS,
+    decode_memory_mb: int = images.DECODE_MEMORY_MB,
 ) -> PredictResult:
     """Tags every photo under inputs; writes CSV or JSON to output when given.
 
@@ -279,6 +287,11 @@ def predict(
     existing output is resumed: photos tagged in it are not redone. On Ctrl-C the
     output is written with what is done, then the interrupt goes on.
 
+    What one photo may cost is bounded (images.Limits): a file over max_file_mb
+    fails unread, one decoding to more than max_megapixels fails from its header,
+    and the photos decoding at once share decode_memory_mb. A folder that cannot
+    be listed is a failed row of its own.
+
     Returns:
       Rows, failures ({"file", "reason"}), ignored files and counts.
     """
@@ -287,6 +300,7 @@ def predict(
     check_output(output)
     if not 0.0 <= min_score <= 1.0:
         raise UserError(f"--min_score={min_score} must be within [0, 1]")
+    limits = images.Limits.from_flags(max_file_mb, max_megapixels, decode_memory_mb)
     tagger = model if isinstance(model, Tagger) else load_tagger(model, engine)
     threshold = tagger.reject_threshold if reject_threshold is None else reject_threshold
     metrics.check_threshold(threshold)
@@ -294,55 +308,72 @@ def predict(
         tagger.class_names, max(1, min(top_k, len(tagger.class_names))), threshold, min_score
     )
     scan = photo_archive.scan(inputs)
-    store = TagStore(output, tagger.description)
-    todo = [path for path in scan.photos if not store.is_done(path)]
-    result = PredictResult(
-        ignored=scan.ignored, output=output, resumed=len(scan.photos) - len(todo)
-    )
-    if verbose and result.resumed:
-        print(f"Resuming {output}: {result.resumed} photos already tagged.", file=sys.stderr)
-    progress = tqdm(
-        total=len(scan.photos), initial=result.resumed, desc="predict", unit="img",
-        disable=not verbose,
-    )  # fmt: skip
-    try:
-        for batch in _batches(_prepared(todo, tagger.image_size, 2 * batch_size), batch_size):
-            rows = [Row(file=path, error=data) for path, data in batch if isinstance(data, str)]
-            good = [(path, data) for path, data in batch if not isinstance(data, str)]
-            if good:
-                probabilities = tagger.probabilities(np.stack([data for _, data in good]))
-                tagged = labeling.rows([path for path, _ in good], probabilities)
-                if write_xmp:
-                    _write_sidecars(tagged, scan, tagger.description, result)
-                rows += tagged
-                result.classified += len(good)
-            store.add(rows)
-            progress.update(len(batch))
-    except KeyboardInterrupt:
-        _finish(store, scan, labeling.k, result)
-        print(
-            f"Interrupted: {output or 'nothing'} holds what was tagged; run the same command "
-            "again to go on.",
-            file=sys.stderr,
+    with TagStore(output, tagger.description, verbose=verbose) as store:
+        todo = [path for path in scan.photos if not store.is_done(path)]
+        result = PredictResult(
+            ignored=scan.ignored, output=output, resumed=len(scan.photos) - len(todo)
         )
-        raise
-    finally:
-        progress.close()
-    _finish(store, scan, labeling.k, result)
-    if verbose:
-        _report(result, tagger)
-    return result
+        if verbose and result.resumed:
+            print(f"Resuming {output}: {result.resumed} photos already tagged.", file=sys.stderr)
+        progress = tqdm(
+            total=len(scan.photos), initial=result.resumed, desc="predict", unit="img",
+            disable=not verbose,
+        )  # fmt: skip
+        try:
+            prepared = _prepared(todo, tagger.image_size, 2 * batch_size, limits)
+            for batch in _batches(prepared, batch_size):
+                rows = [Row(file=path, error=data) for path, data in batch if isinstance(data, str)]
+                good = [(path, data) for path, data in batch if not isinstance(data, str)]
+                if good:
+                    probabilities = tagger.probabilities(np.stack([data for _, data in good]))
+                    tagged = labeling.rows([path for path, _ in good], probabilities)
+                    if write_xmp:
+                        _write_sidecars(tagged, scan, tagger.description, result)
+                    rows += tagged
+                    result.classified += len(good)
+                store.add(rows)
+                progress.update(len(batch))
+        except KeyboardInterrupt:
+            _finish(store, scan, labeling.k, result)
+            print(
+                f"Interrupted: {output or 'nothing'} holds what was tagged; run the same command "
+                "again to go on.",
+                file=sys.stderr,
+            )
+            raise
+        finally:
+            progress.close()
+        _finish(store, scan, labeling.k, result)
+        if verbose:
+            _report(result, tagger)
+        return result
 
 
 def _finish(store: TagStore, scan: photo_archive.Scan, k: int, result: PredictResult) -> None:
     rows = store.rows(scan.photos)
     by_file = {row.file: row for row in rows}
     raw_rows = _raw_rows(scan, by_file)
-    store.add(raw_rows, journal=False)
-    rows = store.rows(scan.photos + list(scan.raw_twins))
+    folder_rows = [Row(file=failure["file"], error=failure["reason"]) for failure in scan.failures]
+    store.add(raw_rows + folder_rows, journal=False)
+    rows = store.rows(scan.photos + list(scan.raw_twins) + [row.file for row in folder_rows])
+    rows = _without_listed_folders(rows, scan)
     store.finish(rows, scan.ignored, k)
     result.rows = [row for row in rows if not row.error]
     result.failures = [{"file": row.file, "reason": row.error} for row in rows if row.error]
+
+
+def _without_listed_folders(rows: list[Row], scan: photo_archive.Scan) -> list[Row]:
+    """Drops the failed row of a folder an earlier run could not list and this scan did.
+
+    Its photos now have rows of their own; a folder that still cannot be listed
+    keeps its row (the scan's failure replaces the earlier one, under the same key).
+    """
+    listed = {_path_key(folder) for folder in scan.folders}
+    return [row for row in rows if not (row.error and _path_key(row.file) in listed)]
+
+
+def _path_key(path: str) -> str:
+    return os.path.normcase(os.path.abspath(path))
 
 
 def _write_sidecars(rows: list[Row], scan: photo_archive.Scan, model: str, result) -> None:
@@ -352,8 +383,9 @@ def _write_sidecars(rows: list[Row], scan: photo_archive.Scan, model: str, resul
         sidecar = scan.sidecars.get(row.file, os.path.splitext(row.file)[0] + ".xmp")
         try:
             xmp.write_keyword(sidecar, row.label, row.score, model)
-        except (xmp.BadSidecar, OSError) as error:
-            result.sidecar_errors.append({"file": sidecar, "reason": str(error)})
+        except Exception as error:  # one sidecar's trouble is reported; the run goes on
+            reason = str(error) if isinstance(error, xmp.BadSidecar | OSError) else repr(error)
+            result.sidecar_errors.append({"file": sidecar, "reason": reason})
 
 
 def _report(result: PredictResult, tagger: Tagger) -> None:
@@ -384,6 +416,13 @@ def _report(result: PredictResult, tagger: Tagger) -> None:
             print(json.dumps({"file": row.file, "label": row.label, "score": round(row.score, 4)}))
 
 
+def exit_status(result: PredictResult) -> int:
+    """1 when a photo failed, a named path is missing or a sidecar was not written, else 0,
+    so that a script sees a run that left something undone."""
+    missing = [entry for entry in result.ignored if entry["reason"] == "no such file or folder"]
+    return 1 if (result.failures or missing or result.sidecar_errors) else 0
+
+
 def main(argv: list[str]) -> int:
     from absl import flags
 
@@ -403,9 +442,11 @@ def main(argv: list[str]) -> int:
         min_score=settings.min_score,
         write_xmp=settings.xmp,
         engine=settings.engine,
+        max_file_mb=settings.max_file_mb,
+        max_megapixels=settings.max_megapixels,
+        decode_memory_mb=settings.decode_memory_mb,
     )
-    missing = [entry for entry in result.ignored if entry["reason"] == "no such file or folder"]
-    return 1 if (result.failures or missing) else 0
+    return exit_status(result)
 
 
 def run() -> None:

@@ -115,7 +115,8 @@ def grpc_predict(
     """Calls TF Serving's gRPC Predict (default port 8500) on encoded photos.
 
     Returns:
-      {"classes": [batch, k] str, "scores", "probabilities", ...} as numpy arrays.
+      {"ok": [batch] bool, "classes": [batch, k] str, "scores", "probabilities", ...} as
+      numpy arrays; an image that is not ok has empty classes and zero scores.
     """
     import grpc
     from tensorflow_serving.apis import prediction_service_pb2_grpc

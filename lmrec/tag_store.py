@@ -13,9 +13,10 @@ import csv
 import io
 import json
 import os
+import weakref
 from dataclasses import dataclass, field
 
-from lmrec import atomic
+from lmrec import atomic, run_lock
 from lmrec.errors import UserError
 
 JOURNAL_SUFFIX = ".partial.jsonl"
@@ -69,17 +70,41 @@ def check_output(output: str) -> None:
 
 
 class TagStore:
-    """The rows of one --output: those from earlier runs, and the new ones as they come."""
+    """The rows of one --output: those from earlier runs, and the new ones as they come.
 
-    def __init__(self, output: str, model: str):
+    The store holds the output's lock (<output>.lock, lmrec.run_lock) from its creation
+    until finish() or close(), so two predicts never write one --output. Use it in a
+    with block to release the lock on every path; a store dropped without close()
+    releases it when collected, or at exit.
+    """
+
+    def __init__(self, output: str, model: str, verbose: bool = True):
         check_output(output)
         self.output = output
         self.model = model
         self.journal = output + JOURNAL_SUFFIX if output else ""
         self._rows: dict[str, Row] = {}
         self.resumed = 0
-        if output:
+        self._release = lambda: None
+        if not output:
+            return
+        holding = run_lock.output_file(output, verbose=verbose)
+        self._release = weakref.finalize(self, holding.release)
+        try:
             self._load()
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Releases the output's lock (finish() does too); safe to call again."""
+        self._release()
+
+    def __enter__(self) -> TagStore:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
 
     def _load(self) -> None:
         if os.path.isfile(self.output):
@@ -145,6 +170,8 @@ class TagStore:
             f.write("".join(json.dumps(row.as_json(), ensure_ascii=False) + "\n" for row in rows))
             f.flush()
             os.fsync(f.fileno())
+        if new_journal:  # the journal's name, not only its data, must survive a power cut
+            atomic.fsync_directory(os.path.dirname(os.path.abspath(self.journal)))
 
     def rows(self, order: list[str]) -> list[Row]:
         """All rows: those of order first (in that order), then earlier rows not in it."""
@@ -152,7 +179,7 @@ class TagStore:
         return sorted(self._rows.values(), key=lambda r: ranked.get(_key(r.file), len(ranked)))
 
     def finish(self, rows: list[Row], ignored: list[dict[str, str]], k: int) -> None:
-        """Writes the output atomically from rows, then drops the journal."""
+        """Writes the output atomically from rows, drops the journal, releases the lock."""
         if not self.output:
             return
         if self.output.lower().endswith(".json"):
@@ -169,6 +196,7 @@ class TagStore:
             atomic.write_text(self.output, _csv_text(rows, ignored, k))
         if os.path.exists(self.journal):
             os.remove(self.journal)
+        self.close()
 
 
 CSV_HEADER = ["file", "label", "score", "error", "tagged_from"]

@@ -21,7 +21,16 @@ import keras
 import tensorflow as tf
 
 from lmrec import callbacks as callbacks_lib
-from lmrec import distribute, feature_cache, losses, optimizers, performance, plots, resume
+from lmrec import (
+    distribute,
+    feature_cache,
+    losses,
+    optimizers,
+    performance,
+    plots,
+    resume,
+    run_lock,
+)
 from lmrec import model_dir as run_files
 from lmrec.config import ExperimentConfig
 from lmrec.data import augment, pipeline, prepare, records
@@ -467,6 +476,15 @@ def train_and_evaluate(
     chief = distribute.is_chief(strategy)
     model_dir = distribute.worker_model_dir(model_dir, strategy)
     _check_model_dir(model_dir)
+    # One run per model_dir; taking the lock also removes what a killed run left in it.
+    with run_lock.folder(model_dir, verbose=verbose):
+        return _train_holding_lock(config, model_dir, strategy, chief, started, verbose)
+
+
+def _train_holding_lock(
+    config: ExperimentConfig, model_dir: str, strategy, chief: bool, started: float, verbose: bool
+) -> TrainResult:
+    """train_and_evaluate()'s work, done while holding the model_dir's lock."""
     data_dir = ensure_data(config, verbose, may_prepare=not distribute.is_multi_worker(strategy))
     labels = records.read_labels(data_dir)
     stats = prepare.read_stats(data_dir)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import os
 import pathlib
+import struct
+import zlib
 
 import numpy as np
 import pytest
@@ -28,6 +30,32 @@ def encoded(image: Image.Image, fmt: str) -> bytes:
     out = io.BytesIO()
     image.save(out, fmt)
     return out.getvalue()
+
+
+def png_of(path: pathlib.Path, width: int, height: int, color_type: int = 6, rows: bool = True):
+    """An all-zero PNG (colour type 6: RGBA, 0: grey) of any size, written row by row.
+
+    rows=False writes the header alone: enough for whatever is refused before decoding.
+    """
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    channels = {0: 1, 2: 3, 6: 4}[color_type]
+    idat = bytearray()
+    if rows:
+        compressor = zlib.compressobj(6)
+        row = b"\0" * (1 + channels * width)
+        for _ in range(height):
+            idat += compressor.compress(row)
+        idat += compressor.flush()
+    header = struct.pack(">IIBBBBB", width, height, 8, color_type, 0, 0, 0)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", bytes(idat))
+        + chunk(b"IEND", b"")
+    )  # fmt: skip
+    return path
 
 
 @pytest.fixture

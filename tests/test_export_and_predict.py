@@ -45,7 +45,8 @@ def test_saved_model_equals_the_in_memory_model(trained_demo, trained, tmp_path)
     Image.open(io.BytesIO(jpegs[0])).save(png, "PNG")
     batch = jpegs + [png.getvalue()]
     outputs = serve(image_bytes=tf.constant(batch))
-    assert set(outputs) == {"classes", "scores", "probabilities"}
+    assert set(outputs) == {"ok", "classes", "scores", "probabilities"}
+    assert outputs["ok"].numpy().all()
     assert outputs["classes"].dtype == tf.string and outputs["classes"].shape == (7, 3)
     images = tf.stack([pipeline.decode_and_resize(b, trained.image_size) for b in batch])
     expected = trained.model(trained.preprocess(images), training=False).numpy()
@@ -169,6 +170,17 @@ def test_serving_outputs_a_no_landmark_flag_only_with_a_threshold(trained):
     np.testing.assert_array_equal(
         flagged["no_landmark"].numpy(), plain["scores"][:, 0].numpy() < threshold
     )
+
+
+def test_an_image_that_is_not_ok_is_never_no_landmark(trained):
+    args = (trained.model, trained.class_names, trained.image_size, trained.preprocess, 2)
+    # Above 1, every answered image is below the threshold.
+    from_bytes, from_uint8 = export.serving_functions(*args, reject_threshold=1.01)
+    outputs = from_bytes(tf.constant(_demo_jpegs(2) + [b"garbage"]))
+    assert outputs["ok"].numpy().tolist() == [True, True, False]
+    assert outputs["no_landmark"].numpy().tolist() == [True, True, False]
+    pixels = tf.stack([tf.io.decode_jpeg(jpeg) for jpeg in _demo_jpegs(2)])
+    assert from_uint8(pixels)["ok"].numpy().tolist() == [True, True]
 
 
 def test_predict_command_line_exit_code_and_json(

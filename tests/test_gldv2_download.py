@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import http.server
+import io
 import os
 import pathlib
 import re
@@ -65,6 +66,7 @@ class _MirrorServer(http.server.ThreadingHTTPServer):
         self.root = root
         self.honor_range = honor_range
         self.cut_once: set[str] = set()  # paths whose next answer breaks off half-way
+        self.no_length: set[str] = set()  # paths answered without Content-Length
         self.requests: list[dict] = []  # {"path", "range", "status", "sent"}
         self.lock = threading.Lock()
 
@@ -115,7 +117,10 @@ class _RangeHandler(http.server.BaseHTTPRequestHandler):
                 {"path": relative, "range": range_header, "status": status, "sent": len(sent)}
             )
         self.send_response(status)
-        self.send_header("Content-Length", str(len(body)))
+        if relative in self.server.no_length:
+            self.close_connection = True  # the body ends where the connection does
+        else:
+            self.send_header("Content-Length", str(len(body)))
         for name, value in headers.items():
             self.send_header(name, value)
         self.end_headers()
@@ -434,3 +439,214 @@ def test_download_gldv2_end_to_end_deletes_tars_and_skips_them_on_rerun(
     again = gldv2_download.download_gldv2(config, keep_tars=False, verbose=False)
     assert len(server.gets(".tar")) == tar_requests
     assert (again.tars_done_before, again.images.extracted, again.images_missing) == (2, 0, 1)
+
+
+def _compressed(tmp_path: pathlib.Path, kind: str) -> pathlib.Path:
+    """images_000.tar holding one image, compressed as `kind` (zstd/lz4: their magic only)."""
+    tar = tmp_path / "images_000.tar"
+    modes = {"gzip": "w:gz", "bzip2": "w:bz2", "xz": "w:xz"}
+    if kind in modes:
+        with tarfile.open(tar, modes[kind]) as archive:
+            fake_gldv2.add_member(archive, _image_relative(TAR_IDS[0][0]), b"\0" * 4096)
+    else:
+        magic = {"zstd": b"\x28\xb5\x2f\xfd", "lz4": b"\x04\x22\x4d\x18"}[kind]
+        tar.write_bytes(magic + b"\0" * 1024)
+    return tar
+
+
+@pytest.mark.parametrize("kind", ["gzip", "bzip2", "xz", "zstd", "lz4"])
+def test_a_compressed_tar_is_refused_not_expanded(tmp_path, kind):
+    tar = _compressed(tmp_path, kind)
+    with pytest.raises(UserError, match=rf"images_000\.tar is {kind}-compressed, not a plain tar"):
+        gldv2_download.extract_selected(str(tar), None, str(tmp_path / "gldv2"))
+    assert not (tmp_path / "gldv2").exists()
+
+
+def _sparse_tar(path: pathlib.Path, big_id: str, big_size: int, after: dict[str, bytes]) -> None:
+    """A tar whose first member, <big_id>.jpg, claims big_size bytes of zeros: its data is a
+    hole in the file (no disk used), and the members in `after` follow it."""
+    with open(path, "wb") as f:
+        big = tarfile.TarInfo(_image_relative(big_id))
+        big.size = big_size
+        f.write(big.tobuf())
+        f.seek(-(-big_size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE, os.SEEK_CUR)
+        for name, data in after.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            f.write(info.tobuf() + data + b"\0" * (-len(data) % tarfile.BLOCKSIZE))
+        f.write(b"\0" * 2 * tarfile.BLOCKSIZE)
+
+
+def test_a_member_over_the_size_cap_is_skipped_and_counted(tmp_path):
+    big_id, small_id = "b000000000000000", "5000000000000000"
+    tar = tmp_path / "images_000.tar"
+    _sparse_tar(tar, big_id, 300 << 20, {_image_relative(small_id): b"small image"})
+    gldv2_dir = tmp_path / "gldv2"
+
+    counts = gldv2_download.extract_selected(str(tar), None, str(gldv2_dir))
+
+    assert counts.extracted == 1  # extraction went on past the large member
+    [rejected] = counts.rejected
+    assert big_id in rejected and "(300MB, over the 64.0MB cap)" in rejected
+    assert _files_under(gldv2_dir) == {f"train/{_image_relative(small_id)}"}
+    summary = gldv2_download.GLDv2Summary(gldv2_download.DownloadSummary(), counts)
+    assert big_id in summary.describe()
+
+
+def test_the_size_cap_is_a_parameter(tmp_path):
+    at_cap, over_cap = "a000000000000001", "a000000000000002"
+    tar = tmp_path / "images_000.tar"
+    fake_gldv2.write_tar(
+        tar, {_image_relative(at_cap): b"x" * 1000, _image_relative(over_cap): b"y" * 1001}
+    )
+    counts = gldv2_download.extract_selected(str(tar), None, str(tmp_path), max_member_bytes=1000)
+    assert counts.extracted == 1 and len(counts.rejected) == 1 and over_cap in counts.rejected[0]
+    assert _files_under(tmp_path / "train") == {_image_relative(at_cap)}
+
+
+def test_member_data_past_its_declared_size_is_not_written(tmp_path, monkeypatch):
+    """The copy itself stops at the cap, whatever size the header gives."""
+    image_id = "c000000000000000"
+    tar = tmp_path / "images_000.tar"
+    fake_gldv2.write_tar(tar, {_image_relative(image_id): b"tiny"})
+    sources = []
+
+    class Endless(io.BytesIO):
+        """Far more data than the 4 bytes the header declares; counts what is read."""
+
+        taken = 0
+
+        def read(self, size=-1):
+            chunk = super().read(size)
+            self.taken += len(chunk)
+            return chunk
+
+    def extractfile(self, member):
+        sources.append(Endless(b"z" * 5000))
+        return sources[-1]
+
+    monkeypatch.setattr(tarfile.TarFile, "extractfile", extractfile)
+    counts = gldv2_download.extract_selected(str(tar), None, str(tmp_path), max_member_bytes=1000)
+
+    assert counts.extracted == 0 and len(counts.rejected) == 1 and image_id in counts.rejected[0]
+    assert [source.taken for source in sources] == [1001]  # one byte past the cap, no more
+    assert not (tmp_path / "train").exists() or _files_under(tmp_path / "train") == set()
+
+
+BAD_CSVS = {
+    "html": (b"<!DOCTYPE html>\n<html><body>Sign in to the Wi-Fi</body></html>\n", "HTML page"),
+    "html after blanks": (b"\n  <html><body>503</body></html>\n", "HTML page"),
+    "empty": (b"", "empty"),
+    "not utf-8": (b"id,url,landmark_id\n\xff\xfe\x00,http://x,1\n", "not UTF-8"),
+    "cut inside a utf-8 character": (b"id,url,landmark_id\nabc,http://x/\xc3", "not UTF-8"),
+    "another header": (b"landmark_id,images\n1,abc\n", "its header is 'landmark_id,images'"),
+    "header only": (b"id,url,landmark_id\n", "no rows after its header"),
+    "cut mid-row": (b"id,url,landmark_id\nabc,http://x,1\nabd,http://", "end with a newline"),
+    "short last row": (b"id,url,landmark_id\nabc,http://x,1\nabd\n", "last row has 1 fields"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CSVS))
+def test_a_csv_that_is_not_whole_is_deleted_not_kept(tmp_path, case):
+    content, why = BAD_CSVS[case]
+    mirror = tmp_path / "mirror" / "metadata"
+    mirror.mkdir(parents=True)
+    (mirror / "train.csv").write_bytes(content)
+    [remote] = gldv2_download.official_files((tmp_path / "mirror").as_uri(), [], ["train"])
+    dest = tmp_path / "gldv2"
+
+    with pytest.raises(UserError) as raised:
+        gldv2_download.fetch(remote, str(dest))
+
+    message = str(raised.value)
+    assert why in message and "train.csv" in message and "rerun to fetch it again" in message
+    assert _files_under(dest) == set()  # neither train.csv nor train.csv.part
+
+
+GOOD_CSVS = {
+    "crlf line ends": (
+        LABELS,
+        b"landmark_id,category\r\n1,http://commons.wikimedia.org/wiki/Category:A\r\n",
+    ),
+    "quoted commas": (LABELS, b'landmark_id,category\n1,"a, b"\n2,"say ""hi"", then go"\n'),
+    # Longer than the csv module's 128 kB field limit, as the largest train_clean rows are.
+    "a very long last row": (
+        "train_clean",
+        b"landmark_id,images\n7," + b" ".join([b"0123456789abcdef"] * 20000) + b"\n",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(GOOD_CSVS))
+def test_a_whole_csv_is_kept(tmp_path, case):
+    name, content = GOOD_CSVS[case]
+    mirror = tmp_path / "mirror" / "metadata"
+    mirror.mkdir(parents=True)
+    (mirror / f"{name}.csv").write_bytes(content)
+    [remote] = gldv2_download.official_files((tmp_path / "mirror").as_uri(), [], [name])
+    result = gldv2_download.fetch(remote, str(tmp_path / "gldv2"))
+    assert pathlib.Path(result.path).read_bytes() == content
+
+
+def test_an_html_page_served_as_train_csv_fails_and_a_rerun_fetches_it_again(
+    mirror, serve, tmp_path
+):
+    server = serve(mirror["root"])
+    real = (mirror["root"] / "metadata" / "train.csv").read_bytes()
+    (mirror["root"] / "metadata" / "train.csv").write_text(
+        "<html><head><title>Hotel Wi-Fi</title></head><body>Accept the terms</body></html>\n"
+    )
+    files = gldv2_download.official_files(server.url, [], ["train", LABELS])
+    dest = tmp_path / "gldv2"
+
+    with pytest.raises(UserError, match=r"metadata/train\.csv did not give a whole train\.csv"):
+        gldv2_download.download(files, str(dest), jobs=2, verbose=False)
+    assert _files_under(dest) == {f"{LABELS}.csv"}  # the good CSV is kept, the page is not
+
+    (mirror["root"] / "metadata" / "train.csv").write_bytes(real)
+    again = gldv2_download.download(files, str(dest), jobs=2, verbose=False)
+    assert again.fetched == [str(dest / "train.csv")] and len(again.skipped) == 1
+    assert (dest / "train.csv").read_bytes() == real
+    assert len(server.gets("metadata/train.csv")) == 2
+
+
+def test_a_csv_cut_mid_row_without_content_length_fails(mirror, serve, tmp_path):
+    server = serve(mirror["root"])
+    real = (mirror["root"] / "metadata" / "train.csv").read_bytes()
+    assert not real[: len(real) // 2].endswith(b"\n")  # the cut falls inside a row
+    server.no_length.add("metadata/train.csv")
+    server.cut_once.add("metadata/train.csv")
+    [remote] = gldv2_download.official_files(server.url, [], ["train"])
+    dest = tmp_path / "gldv2"
+
+    with pytest.raises(UserError, match="does not end with a newline"):
+        gldv2_download.fetch(remote, str(dest))
+    assert _files_under(dest) == set()
+    assert server.gets("metadata/train.csv")[0]["sent"] == len(real) // 2
+
+    result = gldv2_download.fetch(remote, str(dest))  # whole this time, still no length
+    assert result.status == "fetched" and (dest / "train.csv").read_bytes() == real
+
+
+def _one_image_config(monkeypatch, gldv2_dir, url) -> PrepareConfig:
+    monkeypatch.setattr(gldv2, "selected_image_ids", lambda config: {TAR_IDS[0][0]})
+    return PrepareConfig(gldv2_dir=str(gldv2_dir), gldv2_url=url, gldv2_tars="0")
+
+
+def test_a_plain_http_url_is_warned_about(mirror, serve, tmp_path, monkeypatch, capsys):
+    server = serve(mirror["root"])
+    config = _one_image_config(monkeypatch, tmp_path / "gldv2", server.url)
+
+    summary = gldv2_download.download_gldv2(config, verbose=False)
+
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and f"--gldv2_url={server.url} uses plain http://" in warnings[0]
+    assert summary.warnings and f"warning: {summary.warnings[0]}" in summary.describe()
+    assert summary.images.extracted == 1
+
+
+def test_a_file_url_is_not_warned_about(mirror, tmp_path, monkeypatch, capsys):
+    config = _one_image_config(monkeypatch, tmp_path / "gldv2", mirror["root"].as_uri())
+    summary = gldv2_download.download_gldv2(config, verbose=False)
+    assert "warning" not in capsys.readouterr().err and summary.warnings == []
+    assert "warning" not in summary.describe()

@@ -19,20 +19,26 @@ Inside a tar an image is a/b/c/abc....jpg (the first three characters of its
 Transfers resume: bytes arrive in `<file>.part`, a rerun continues it with an
 HTTP Range request, and the .part takes the final name only once its md5 (when
 the mirror publishes one) matches. A file that already has its final name and
-matching md5 is never fetched again. Extraction writes only the images the
-chosen subset needs, each atomically, and computes every destination from the
-image id alone, so a tar cannot write outside train/.
+matching md5 is never fetched again. A CSV (no md5 is published for them) takes
+its final name only once it looks whole: UTF-8 text, not an HTML page, the
+expected header, a newline at the end and a complete last row; otherwise it is
+deleted so a rerun fetches it again. Extraction reads plain (uncompressed) tars
+only, writes only the images the chosen subset needs, each atomically and at
+most MAX_MEMBER_BYTES, and computes every destination from the image id alone,
+so a tar cannot write outside train/ nor fill the disk.
 """
 
 from __future__ import annotations
 
+import codecs
+import csv
 import dataclasses
 import hashlib
 import http.client
 import json
 import os
 import re
-import shutil
+import sys
 import tarfile
 import threading
 import urllib.error
@@ -55,7 +61,29 @@ TARS_FOLDER = "tars"
 IMAGES_FOLDER = "train"
 PART_SUFFIX = ".part"
 
+# The header row of each GLDv2 CSV (what lmrec.data.sources.gldv2 reads).
+CSV_HEADERS = {
+    "train.csv": ("id", "url", "landmark_id"),
+    "train_clean.csv": ("landmark_id", "images"),
+    gldv2.CATEGORY_FILE: ("landmark_id", "category"),
+}
+# GLDv2 images are at most a few MB; a tar member larger than this is not written.
+MAX_MEMBER_BYTES = 64 << 20
+
 _CHUNK_BYTES = 1 << 20
+# First bytes of compressed streams; the official tars are plain, so these are refused
+# rather than expanded (a small compressed file can expand into a huge one).
+_COMPRESSED_MAGIC = {
+    b"\x1f\x8b": "gzip",
+    b"BZh": "bzip2",
+    b"\xfd7zXZ\x00": "xz",
+    b"\x28\xb5\x2f\xfd": "zstd",
+    b"\x04\x22\x4d\x18": "lz4",
+    b"\x02\x21\x4c\x18": "lz4",  # the legacy frame
+}
+# The last row of a CSV is looked for in at most this many final bytes (a train_clean.csv
+# row lists every image of a landmark: hundreds of kB for the largest ones).
+_MAX_ROW_BYTES = 64 << 20
 _IMAGE_ID = re.compile(r"[0-9a-f]{16}")
 _MD5 = re.compile(r"[0-9a-fA-F]{32}")
 _USER_AGENT = "lmrec-gldv2-download"
@@ -108,7 +136,9 @@ class ExtractCounts:
     extracted: int = 0  # images written
     present: int = 0  # wanted images already on disk (left untouched)
     unwanted: int = 0  # images not in the selection
-    rejected: list[str] = dataclasses.field(default_factory=list)  # members not a GLDv2 image
+    # Members not written: not a <16 hex>.jpg file (the name), or over the size cap
+    # ("name (size, over the cap)").
+    rejected: list[str] = dataclasses.field(default_factory=list)
 
     def add(self, other: ExtractCounts) -> None:
         self.extracted += other.extracted
@@ -128,6 +158,7 @@ class GLDv2Summary:
     tars_deleted: int = 0
     images_wanted: int | None = None  # None: every image of the chosen tars
     images_missing: int | None = None  # wanted, but on disk neither before nor after
+    warnings: list[str] = dataclasses.field(default_factory=list)  # e.g. a plain http:// URL
 
     def describe(self) -> str:
         fetched = self.download
@@ -142,8 +173,8 @@ class GLDv2Summary:
         if self.images.rejected:
             shown = ", ".join(self.images.rejected[:3])
             lines.append(
-                f"tar members ignored (not <16 hex>.jpg files): {len(self.images.rejected)}"
-                f" (e.g. {shown})"
+                f"tar members ignored (not <16 hex>.jpg files, or larger than "
+                f"{_sizeof(MAX_MEMBER_BYTES)}): {len(self.images.rejected)} (e.g. {shown})"
             )
         if self.images_wanted is not None:
             lines.append(
@@ -155,6 +186,7 @@ class GLDv2Summary:
                     "  They sit in tars not fetched yet: widen --gldv2_tars (all: every tar) "
                     "and rerun; tars already extracted for this selection are not fetched again."
                 )
+        lines.extend(f"warning: {warning}" for warning in self.warnings)
         return "\n".join(lines)
 
 
@@ -253,8 +285,8 @@ def fetch(
 
     Raises:
       UserError: the URL failed (offline, HTTP error, broken off more than `retries` times),
-        the md5 does not match (the .part is deleted), or a complete file on disk does not
-        match its md5 (it is left alone for the user to delete).
+        the md5 does not match or a CSV is not whole (the .part is deleted either way), or a
+        complete file on disk does not match its md5 (it is left alone for the user to delete).
       DownloadCancelled: `cancel` was set.
     """
     path = os.path.join(dest_dir, remote.path)
@@ -311,6 +343,8 @@ def fetch(
             f"(from {remote.md5_url}), got {actual}; the download was deleted, rerun to fetch "
             "it again"
         )
+    if remote.path.endswith(".csv"):
+        _check_fetched_csv(part, path, remote.url)
     os.replace(part, path)
     return FetchResult(path, "resumed" if resumed else "fetched", downloaded, expected_md5)
 
@@ -416,49 +450,123 @@ def image_path(gldv2_dir: str, image_id: str) -> str:
     return gldv2.image_path(gldv2_dir, image_id)
 
 
-def extract_selected(tar_path: str, wanted_ids: set[str] | None, gldv2_dir: str) -> ExtractCounts:
+def extract_selected(
+    tar_path: str,
+    wanted_ids: set[str] | None,
+    gldv2_dir: str,
+    *,
+    max_member_bytes: int = MAX_MEMBER_BYTES,
+) -> ExtractCounts:
     """Streams one GLDv2 tar and writes the wanted images to gldv2_dir/train/a/b/c/<id>.jpg.
 
     Member paths are never used as destinations: only a regular file named <16 hex>.jpg
     (at any folder depth, with or without a train/ prefix) counts, and its destination is
-    computed from that id. Images already on disk are left as they are.
+    computed from that id. Images already on disk are left as they are. A member larger
+    than max_member_bytes is not written (it is counted in `rejected` with its size), and
+    no more than max_member_bytes are ever copied for one member.
 
     Args:
-      tar_path: the tar (read sequentially, so it may also be compressed).
+      tar_path: the tar, plain as the official ones are (read sequentially).
       wanted_ids: image ids to keep; None keeps every image.
       gldv2_dir: the GLDv2 folder.
+      max_member_bytes: the largest image written.
 
     Returns:
       ExtractCounts for this tar.
 
     Raises:
-      UserError: the tar cannot be read (damaged or not a tar).
+      UserError: the file is compressed (gzip, bzip2, xz, zstd, lz4), damaged or not a tar.
     """
     counts = ExtractCounts()
-    try:
-        with tarfile.open(tar_path, mode="r|*") as archive:
-            for member in archive:
-                image_id = _member_image_id(member)
-                if image_id is None:
-                    if not member.isdir():
-                        counts.rejected.append(member.name)
-                    continue
-                if wanted_ids is not None and image_id not in wanted_ids:
-                    counts.unwanted += 1
-                    continue
-                destination = image_path(gldv2_dir, image_id)
-                if os.path.exists(destination):
-                    counts.present += 1
-                    continue
-                source = archive.extractfile(member)
-                with atomic.replacing(destination) as tmp, open(tmp, "wb") as out:
-                    shutil.copyfileobj(source, out, _CHUNK_BYTES)
-                counts.extracted += 1
-    except (tarfile.TarError, EOFError) as error:
-        raise UserError(
-            f"Cannot read {tar_path} as a tar ({error}); delete it and rerun to download it again"
-        ) from error
+    with open(tar_path, "rb") as stream:
+        _refuse_compressed(stream, tar_path)
+        try:
+            # "r|": a plain tar read front to back; no decompressor is ever started.
+            with tarfile.open(fileobj=stream, mode="r|") as archive:
+                for member in archive:
+                    _extract_member(
+                        archive, member, wanted_ids, gldv2_dir, max_member_bytes, counts
+                    )
+        except (tarfile.TarError, EOFError) as error:
+            raise UserError(
+                f"Cannot read {tar_path} as a tar ({error}); delete it and rerun to download it "
+                "again"
+            ) from error
     return counts
+
+
+def _extract_member(
+    archive: tarfile.TarFile,
+    member: tarfile.TarInfo,
+    wanted_ids: set[str] | None,
+    gldv2_dir: str,
+    max_bytes: int,
+    counts: ExtractCounts,
+) -> None:
+    """Writes one member if it is a wanted image within the size cap; counts what it did."""
+    image_id = _member_image_id(member)
+    if image_id is None:
+        if not member.isdir():
+            counts.rejected.append(member.name)
+        return
+    if member.size > max_bytes:
+        counts.rejected.append(_too_large(member.name, member.size, max_bytes))
+        return
+    if wanted_ids is not None and image_id not in wanted_ids:
+        counts.unwanted += 1
+        return
+    destination = image_path(gldv2_dir, image_id)
+    if os.path.exists(destination):
+        counts.present += 1
+        return
+    source = archive.extractfile(member)
+    try:
+        # Not synced one by one: os.sync() runs once before the tar's marker is written.
+        with atomic.replacing(destination, durable=False) as tmp, open(tmp, "wb") as out:
+            _copy_at_most(source, out, max_bytes)
+    except _TooLarge as too_large:
+        # The data ran past the header's size: the partial copy was deleted with its temp file.
+        counts.rejected.append(_too_large(member.name, too_large.size, max_bytes))
+        return
+    counts.extracted += 1
+
+
+class _TooLarge(Exception):
+    """A member's data is larger than the cap (size: the bytes seen, at least cap + 1)."""
+
+    def __init__(self, size: int):
+        super().__init__(size)
+        self.size = size
+
+
+def _copy_at_most(source: BinaryIO, out: BinaryIO, limit: int) -> None:
+    """Copies source to out; raises _TooLarge, having written at most `limit` bytes, past it."""
+    written = 0
+    while True:
+        chunk = source.read(min(_CHUNK_BYTES, limit - written + 1))
+        if not chunk:
+            return
+        if written + len(chunk) > limit:
+            raise _TooLarge(written + len(chunk))
+        out.write(chunk)
+        written += len(chunk)
+
+
+def _too_large(name: str, size: int, limit: int) -> str:
+    return f"{name} ({_sizeof(size)}, over the {_sizeof(limit)} cap)"
+
+
+def _refuse_compressed(stream: BinaryIO, tar_path: str) -> None:
+    """Raises UserError when the file starts like a compressed stream; rewinds it otherwise."""
+    head = stream.read(8)
+    stream.seek(0)
+    for magic, kind in _COMPRESSED_MAGIC.items():
+        if head.startswith(magic):
+            raise UserError(
+                f"{tar_path} is {kind}-compressed, not a plain tar like GLDv2's images_NNN.tar; "
+                "compressed tars are not expanded (one could fill the disk). Check --gldv2_url, "
+                "delete the file and rerun"
+            )
 
 
 def download_gldv2(
@@ -470,6 +578,7 @@ def download_gldv2(
     without keep_tars, deleted right after, so the disk holds at most --download_jobs tars.
     A marker tars/images_NNN.extracted.json records that a tar was extracted for this
     selection, so a rerun neither downloads nor reads it again, even once it is deleted.
+    A plain http:// --gldv2_url is warned about on stderr and in the summary.
 
     Args:
       config: gldv2_dir, gldv2_url, gldv2_csv, gldv2_tars, download_jobs and the
@@ -489,6 +598,9 @@ def download_gldv2(
         raise UserError(f"--gldv2_csv={config.gldv2_csv!r}; valid: {', '.join(gldv2.CSV_FILES)}")
     tars = parse_tar_list(config.gldv2_tars)
     os.makedirs(config.gldv2_dir, exist_ok=True)
+    warnings = [w for w in [_plain_http_warning(config.gldv2_url)] if w is not None]
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr, flush=True)
 
     csvs = official_files(config.gldv2_url, [], [config.gldv2_csv, LABEL_CSV])
     csv_summary = download(csvs, config.gldv2_dir, config.download_jobs, verbose=verbose)
@@ -518,6 +630,7 @@ def download_gldv2(
     def extract(remote: RemoteFile, result: FetchResult) -> None:
         nonlocal deleted
         counts = extract_selected(result.path, wanted, config.gldv2_dir)
+        os.sync()  # the extracted images are on the disk before the marker says so
         atomic.write_json(
             _marker_path(config.gldv2_dir, remote),
             {
@@ -561,6 +674,7 @@ def download_gldv2(
         tars_deleted=deleted,
         images_wanted=None if wanted is None else len(wanted),
         images_missing=missing,
+        warnings=warnings,
     )
 
 
@@ -742,6 +856,125 @@ def _md5_of_file(path: str) -> str:
         for chunk in iter(lambda: f.read(_CHUNK_BYTES), b""):
             hasher.update(chunk)
     return hasher.hexdigest()
+
+
+def _check_fetched_csv(part: str, path: str, url: str) -> None:
+    """Deletes a fetched CSV that is not whole and raises UserError saying what is wrong.
+
+    No md5 is published for the CSVs, so this is what tells a complete list from an error
+    page or from a transfer that ended early without a Content-Length to compare against.
+    """
+    name = os.path.basename(path)
+    problem = _csv_problem(part, CSV_HEADERS.get(name))
+    if problem is None:
+        return
+    os.remove(part)
+    raise UserError(
+        f"{url} did not give a whole {name}: {problem}. The download was deleted, not saved "
+        f"as {path}; rerun to fetch it again (if this repeats, check --gldv2_url)"
+    )
+
+
+def _csv_problem(path: str, header: tuple[str, ...] | None) -> str | None:
+    """What makes a CSV unusable (None: nothing): HTML, not UTF-8, the header, the last row.
+
+    header: the expected header row; None accepts any header.
+    """
+    with open(path, "rb") as f:
+        head = f.read(_CHUNK_BYTES)
+        if not head:
+            return "the file is empty"
+        if head.lstrip(b"\xef\xbb\xbf \t\r\n")[:1] == b"<":
+            return "it is an HTML page (it starts with '<'; an error or sign-in page?), not CSV"
+        f.seek(0)
+        problem = _utf8_problem(f)
+        if problem is not None:
+            return problem
+        if b"\n" not in head:
+            return f"its first line is longer than {_sizeof(len(head))}; not a CSV header"
+        first_line = head.split(b"\n", 1)[0]
+        first = _csv_fields(first_line)
+        if header is not None and first != list(header):
+            return f"its header is {','.join(first)[:200]!r}, not {','.join(header)}"
+        size = f.seek(0, os.SEEK_END)
+        f.seek(size - 1)
+        if f.read(1) != b"\n":
+            return "it does not end with a newline (the transfer stopped mid-row)"
+        last = _last_line(f, size)
+    if last is None:
+        return f"its last row is longer than {_sizeof(_MAX_ROW_BYTES)}"
+    line, is_first = last
+    if is_first:
+        return "it has no rows after its header"
+    fields, expected = _field_count(line), _field_count(first_line)
+    if fields != expected:
+        return (
+            f"its last row has {fields} fields, not the {expected} of its header (the "
+            "transfer stopped mid-row?)"
+        )
+    return None
+
+
+def _utf8_problem(f: BinaryIO) -> str | None:
+    """Reads f to its end; says where it stops being UTF-8 text (None: it is)."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = 0
+    try:
+        for chunk in iter(lambda: f.read(_CHUNK_BYTES), b""):
+            decoder.decode(chunk)
+            offset += len(chunk)
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError as error:
+        return f"it is not UTF-8 text (near byte {max(0, offset + error.start)})"
+    return None
+
+
+def _last_line(f: BinaryIO, size: int) -> tuple[bytes, bool] | None:
+    """(the last non-blank line, whether it is the first line); None past _MAX_ROW_BYTES.
+
+    Reads back from the end in growing blocks, so a usual row costs one small read.
+    """
+    span = 1 << 16
+    while True:
+        start = max(0, size - span)
+        f.seek(start)
+        body = f.read(size - start).rstrip()
+        cut = body.rfind(b"\n")
+        if cut >= 0 or start == 0:
+            return body[cut + 1 :], cut < 0
+        if span >= _MAX_ROW_BYTES:
+            return None
+        span = min(span * 4, _MAX_ROW_BYTES)
+
+
+def _csv_fields(line: bytes) -> list[str]:
+    """The stripped fields of a short CSV line such as a header (already known to be UTF-8)."""
+    try:
+        row = next(csv.reader([line.decode("utf-8").rstrip("\r\n")]), [])
+    except csv.Error:  # a field over csv's size limit: not a header
+        return [line[:200].decode("utf-8", "replace")]
+    return [field.strip() for field in row]
+
+
+def _field_count(line: bytes) -> int:
+    """Fields in one CSV line: one more than its commas outside double quotes.
+
+    Splitting at quotes leaves the text outside quotes at even positions (an escaped "" adds
+    an empty one), so no CSV parser, and no field size limit, is needed: a train_clean.csv
+    row lists every image of a landmark and can be longer than csv's 128 kB limit.
+    """
+    return 1 + sum(piece.count(b",") for piece in line.split(b'"')[::2])
+
+
+def _plain_http_warning(url: str) -> str | None:
+    """A one-line warning when url is plain http:// (None otherwise)."""
+    if urllib.parse.urlparse(url).scheme.lower() != "http":
+        return None
+    return (
+        f"--gldv2_url={url} uses plain http://: the CSVs arrive with no integrity check, and "
+        "the tars are checked only against md5 lists fetched over the same channel; use "
+        "https:// where the mirror offers it"
+    )
 
 
 def _member_image_id(member: tarfile.TarInfo) -> str | None:

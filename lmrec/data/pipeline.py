@@ -3,7 +3,10 @@ batch -> (batch augmentation) -> the backbone's own preprocessing -> prefetch.
 
 Image size and normalization come from the backbone's spec; nothing here
 hard-codes either. decode_and_resize() is shared with lmrec.export so the
-served model sees exactly what evaluation saw.
+served model sees exactly what evaluation saw: its serving_default decodes with
+decode_batch_checked(), which gives the same pixels but reads each image's size
+from its header first (refusing unknown formats and pixel bombs undecoded) and
+marks an image that fails instead of failing the batch.
 
 Speed (benchmarks/input_pipeline.py measures it against a bare decode + resize
 of the same files): parse, decode, crop and resize are one map with AUTOTUNE
@@ -70,6 +73,12 @@ def resize(image: tf.Tensor, image_size: int) -> tf.Tensor:
     return tf.clip_by_value(image, 0.0, 255.0)
 
 
+def _dct_scale_index(short_side: tf.Tensor, image_size: int) -> tf.Tensor:
+    """The index in DCT_SCALES of the coarsest scale that keeps short_side >= image_size."""
+    scales = tf.constant(DCT_SCALES[1:], short_side.dtype)
+    return tf.reduce_sum(tf.cast(short_side >= image_size * scales, tf.int32))
+
+
 def _decode_jpeg_scaled(
     encoded: tf.Tensor, window: tf.Tensor | None, short_side: tf.Tensor, image_size: int
 ) -> tf.Tensor:
@@ -78,9 +87,7 @@ def _decode_jpeg_scaled(
 
     The scale is an attribute of the decode op, so each one is a branch of a switch_case.
     """
-    scale_index = tf.reduce_sum(
-        tf.cast(short_side >= image_size * tf.constant(DCT_SCALES[1:], tf.int32), tf.int32)
-    )
+    scale_index = _dct_scale_index(short_side, image_size)
 
     def branch(scale: int):
         def decode():
@@ -96,6 +103,289 @@ def _decode_jpeg_scaled(
         return decode
 
     return tf.switch_case(scale_index, [branch(scale) for scale in DCT_SCALES])
+
+
+# Formats decode_checked accepts; header_format returns an index into this (0: unknown).
+HEADER_FORMATS = ("unknown", "jpeg", "png", "gif", "bmp", "webp")
+_HEAD_BYTES = 32  # every size field read from the first bytes lies within them
+# Full GIF sub-blocks (a 255 length byte and 255 bytes of data) skipped per loop step:
+# encoders write image data as runs of them, so the walk takes few steps per frame.
+_GIF_RUN = 64
+
+
+def _head(encoded: tf.Tensor) -> tf.Tensor:
+    """The first 32 bytes as int64 [32], zero-padded: reading past a short file gives 0."""
+    head = tf.strings.substr(encoded, 0, _HEAD_BYTES) + b"\0" * _HEAD_BYTES
+    return tf.cast(tf.io.decode_raw(tf.strings.substr(head, 0, _HEAD_BYTES), tf.uint8), tf.int64)
+
+
+def _little_endian(head: tf.Tensor, start: int, count: int) -> tf.Tensor:
+    weights = tf.constant([256**i for i in range(count)], tf.int64)
+    return tf.reduce_sum(head[start : start + count] * weights)
+
+
+def _big_endian(head: tf.Tensor, start: int, count: int) -> tf.Tensor:
+    weights = tf.constant([256**i for i in reversed(range(count))], tf.int64)
+    return tf.reduce_sum(head[start : start + count] * weights)
+
+
+def _has(data: tf.Tensor, start: int, magic: bytes) -> tf.Tensor:
+    return tf.reduce_all(tf.equal(data[start : start + len(magic)], list(magic)))
+
+
+def header_format(encoded: tf.Tensor) -> tf.Tensor:
+    """The index in HEADER_FORMATS of an encoded image's format, from its magic bytes."""
+    return _format(_head(encoded))
+
+
+def _format(head: tf.Tensor) -> tf.Tensor:
+    found = tf.stack(
+        [
+            _has(head, 0, b"\xff\xd8\xff"),
+            _has(head, 0, b"\x89PNG\r\n\x1a\n"),
+            _has(head, 0, b"GIF87a") | _has(head, 0, b"GIF89a"),
+            _has(head, 0, b"BM"),
+            _has(head, 0, b"RIFF") & _has(head, 8, b"WEBP"),
+        ]
+    )
+    index = tf.argmax(tf.cast(found, tf.int32), output_type=tf.int32) + 1
+    return tf.where(tf.reduce_any(found), index, 0)
+
+
+def _area(width: tf.Tensor, height: tf.Tensor, readable: tf.Tensor) -> tf.Tensor:
+    """width * height, or -1 when the header was not readable or a side is not positive."""
+    readable = readable & (width > 0) & (height > 0)
+    return tf.where(readable, width * height, tf.constant(-1, tf.int64))
+
+
+def _png_pixels(head: tf.Tensor, length: tf.Tensor) -> tf.Tensor:
+    """IHDR, the first chunk: width and height as big-endian uint32 at bytes 16 and 20."""
+    readable = (length >= 24) & _has(head, 12, b"IHDR")
+    return _area(_big_endian(head, 16, 4), _big_endian(head, 20, 4), readable)
+
+
+def _bmp_pixels(head: tf.Tensor, length: tf.Tensor) -> tf.Tensor:
+    """Little-endian int32 width and height at 18 and 22 (a negative height: rows top-down),
+    read as TF's BMP decoder reads them."""
+
+    def int32(value):
+        return tf.where(value >= 2**31, value - 2**32, value)
+
+    width, height = int32(_little_endian(head, 18, 4)), int32(_little_endian(head, 22, 4))
+    return _area(width, tf.abs(height), length >= 26)
+
+
+def _low_bits(value: tf.Tensor) -> tf.Tensor:
+    """The low 14 bits: a WebP side (VP8: above them the upscaling hint)."""
+    return value % 2**14
+
+
+def _webp_pixels(head: tf.Tensor, length: tf.Tensor) -> tf.Tensor:
+    """The canvas of the first chunk: VP8 (lossy: 14-bit sides after the start code),
+    VP8L (lossless: 14-bit sides minus one after the signature) or VP8X (extended: 24-bit
+    canvas sides minus one); -1 for an animation."""
+    lossy = _has(head, 12, b"VP8 ") & _has(head, 23, b"\x9d\x01\x2a")
+    lossless = _has(head, 12, b"VP8L") & _has(head, 20, b"\x2f")
+    # VP8X flag 0x02: an animation. TF 2.21's decoder of WebP animations corrupts the heap
+    # (decode_image and decode_webp alike), so an animated WebP is not read at all.
+    extended = _has(head, 12, b"VP8X") & tf.equal(head[20] // 2 % 2, 0)
+    bits = _little_endian(head, 21, 4)
+    width = tf.where(
+        lossy,
+        _low_bits(_little_endian(head, 26, 2)),
+        tf.where(lossless, _low_bits(bits) + 1, _little_endian(head, 24, 3) + 1),
+    )
+    height = tf.where(
+        lossy,
+        _low_bits(_little_endian(head, 28, 2)),
+        tf.where(lossless, _low_bits(bits // 2**14) + 1, _little_endian(head, 27, 3) + 1),
+    )
+    readable = (length >= 30) & (lossy | lossless | extended)
+    return _area(width, height, readable)
+
+
+def _gif_first_frame(encoded: tf.Tensor, head: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """(pixels, end) of a GIF: pixels is the larger of the logical screen and the first
+    frame, end the offset just past the first frame's image data; both -1 if unreadable.
+
+    TF's GIF decoder reads every frame into memory (also when it returns only the first),
+    so the checked decode cuts the file at end. Blocks are walked from the header: an
+    extension (0x21, label, sub-blocks) or the image descriptor (0x2C, 9 bytes, optional
+    local color table, LZW code size, sub-blocks); sub-blocks are a length byte and that
+    many bytes, ended by a zero length.
+    """
+    # Bytes stay uint8 (a copy of the file plus one zero); only what is read becomes int64.
+    data = tf.concat([tf.io.decode_raw(encoded, tf.uint8), tf.zeros([1], tf.uint8)], 0)
+    size = tf.cast(tf.strings.length(encoded), tf.int64)
+
+    def byte(offset):  # 0 past the end (the padding), so no read ever fails
+        value = tf.gather(data, tf.minimum(tf.cast(offset, tf.int64), size))
+        return tf.cast(value, tf.int64)
+
+    def color_table(packed):  # bit 7: present; bits 0-2: 2^(n+1) RGB entries
+        entries = tf.bitwise.left_shift(tf.constant(2, tf.int64), packed % 8)
+        return tf.where(packed >= 0x80, 3 * entries, tf.zeros_like(entries))
+
+    at_blocks, in_extension, in_image, done, failed = (tf.constant(i, tf.int64) for i in range(5))
+    screen = _little_endian(head, 6, 2) * _little_endian(head, 8, 2)
+    start = 13 + color_table(byte(10))
+    runs = tf.range(_GIF_RUN, dtype=tf.int64) * 256
+
+    def step(offset, state, frame):
+        value = byte(offset)
+        # At a block: enter its sub-blocks, remembering the first frame's size.
+        is_extension, is_image = tf.equal(value, 0x21), tf.equal(value, 0x2C)
+        frame_here = (byte(offset + 5) + byte(offset + 6) * 256) * (
+            byte(offset + 7) + byte(offset + 8) * 256
+        )
+        image_data = offset + 11 + color_table(byte(offset + 9))
+        block = (
+            tf.where(is_extension, offset + 2, tf.where(is_image, image_data, offset)),
+            tf.where(is_extension, in_extension, tf.where(is_image, in_image, failed)),
+            tf.where(is_image, frame_here, frame),
+        )
+        # In sub-blocks: skip a run of full ones, else one; a zero length ends them.
+        full = tf.cast(tf.equal(tf.gather(data, tf.minimum(offset + runs, size)), 255), tf.int64)
+        run = tf.reduce_sum(tf.math.cumprod(full))
+        ended = tf.equal(value, 0)
+        sub_block = (
+            tf.where(run > 0, offset + 256 * run, offset + value + 1),
+            tf.where(ended, tf.where(tf.equal(state, in_image), done, at_blocks), state),
+            frame,
+        )
+        at_block = tf.equal(state, at_blocks)
+        return tuple(tf.where(at_block, a, b) for a, b in zip(block, sub_block, strict=True))
+
+    offset, state, frame = tf.while_loop(
+        lambda offset, state, _: (state < done) & (offset < size),
+        step,
+        (start, at_blocks, tf.constant(0, tf.int64)),
+    )
+    readable = tf.equal(state, done) & (offset <= size) & (size >= 13) & (frame > 0)
+    none = tf.constant(-1, tf.int64)
+    return tf.where(readable, tf.maximum(screen, frame), none), tf.where(readable, offset, none)
+
+
+def header_pixels(encoded: tf.Tensor) -> tf.Tensor:
+    """width * height of an encoded image from its header alone (int64), without decoding.
+
+    -1 for an unknown format or a header that cannot be read (too short, wrong chunk). A
+    JPEG's header is read by libjpeg (extract_jpeg_shape), which raises InvalidArgumentError
+    when it cannot; decode_checked runs where that error is caught.
+    """
+    return _pixels(encoded, None)
+
+
+def decoded_pixels(encoded: tf.Tensor, image_size: int) -> tf.Tensor:
+    """The pixels decode_checked decodes: header_pixels, but a JPEG's sides divided (rounded
+    up) by the DCT scale it is decoded at for image_size. What max_pixels caps."""
+    return _pixels(encoded, image_size)
+
+
+def _pixels(encoded: tf.Tensor, image_size: int | None) -> tf.Tensor:
+    head, length = _head(encoded), tf.strings.length(encoded)
+
+    def jpeg():
+        shape = tf.io.extract_jpeg_shape(encoded, output_type=tf.int64)
+        return shape[0] * shape[1] if image_size is None else _jpeg_pixels(shape, image_size)
+
+    branches = [
+        lambda: tf.constant(-1, tf.int64),
+        jpeg,
+        lambda: _png_pixels(head, length),
+        lambda: _gif_first_frame(encoded, head)[0],
+        lambda: _bmp_pixels(head, length),
+        lambda: _webp_pixels(head, length),
+    ]
+    return tf.switch_case(_format(head), branches)
+
+
+def _jpeg_pixels(shape: tf.Tensor, image_size: int) -> tf.Tensor:
+    """Pixels of a JPEG of shape [height, width, ...] decoded at its DCT scale for image_size."""
+    shape = tf.cast(shape[:2], tf.int64)
+    index = _dct_scale_index(tf.reduce_min(shape), image_size)
+    scale = tf.gather(tf.constant(DCT_SCALES, tf.int64), index)
+    sides = (shape + scale - 1) // scale  # libjpeg rounds a scaled side up
+    return sides[0] * sides[1]
+
+
+def decode_checked(encoded: tf.Tensor, image_size: int, max_pixels: int) -> tf.Tensor:
+    """decode_and_resize for untrusted bytes: the header is checked before any decoding.
+
+    Raises (when run) InvalidArgumentError for a format outside HEADER_FORMATS, a header
+    that cannot be read, decoded_pixels over max_pixels, or data that fails to decode; a
+    GIF is cut after its first frame, so later frames are never read, and an animated
+    WebP is refused. Run it where errors are caught per image (decode_batch_checked).
+    One switch on the format, each branch checking then decoding, keeps the ops run per
+    image few (a batch of small photos pays for them as much as for the decoding).
+    """
+    head, length = _head(encoded), tf.strings.length(encoded)
+
+    def checked(pixels):
+        check = tf.debugging.Assert(
+            (pixels > 0) & (pixels <= max_pixels),
+            ["Refused before decoding (unknown format, unreadable header or too many pixels)"],
+        )
+        # The decode reads the bytes through this identity, so it cannot start before the check.
+        with tf.control_dependencies([check]):
+            return tf.identity(encoded)
+
+    def decode(data, channels=3):
+        image = tf.io.decode_image(data, channels=channels, expand_animations=False)
+        return resize(image[:, :, :3], image_size)
+
+    def jpeg():  # as decode_and_resize decodes a JPEG
+        shape = tf.io.extract_jpeg_shape(encoded)
+        data = checked(_jpeg_pixels(shape, image_size))
+        return _decode_jpeg_scaled(data, None, tf.reduce_min(shape[:2]), image_size)
+
+    def gif():  # cut after the first frame and closed with the trailer byte (0x3B)
+        pixels, end = _gif_first_frame(encoded, head)
+        first = tf.strings.substr(checked(pixels), tf.constant(0, tf.int64), end) + b"\x3b"
+        return decode(first)
+
+    branches = [
+        lambda: decode(checked(tf.constant(-1, tf.int64))),  # unknown: the check fails
+        jpeg,
+        lambda: decode(checked(_png_pixels(head, length))),
+        gif,
+        lambda: decode(checked(_bmp_pixels(head, length))),
+        # TF decodes a WebP only to its own channels: RGBA (alpha) or RGB.
+        lambda: decode(checked(_webp_pixels(head, length)), channels=0),
+    ]
+    image = tf.switch_case(_format(head), branches)
+    return tf.ensure_shape(image, [image_size, image_size, 3])
+
+
+def decode_batch_checked(
+    image_bytes: tf.Tensor, image_size: int, max_pixels: int
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """Decodes each encoded image on its own: (float32 [n, size, size, 3], ok bool [n]).
+
+    An image that decode_checked refuses or fails on gets ok false and zero pixels, and the
+    others are decoded as decode_and_resize decodes them. Graph ops cannot catch an error,
+    a tf.data pipeline can: each image is one element, failed elements are dropped
+    (ignore_errors) and the rest are scattered back to their index.
+    """
+    count = tf.shape(image_bytes, out_type=tf.int64)[0]
+    decoded = (
+        tf.data.Dataset.from_tensor_slices((tf.range(count), image_bytes))
+        .map(
+            lambda index, encoded: (index, decode_checked(encoded, image_size, max_pixels)),
+            num_parallel_calls=AUTOTUNE,
+            deterministic=False,
+        )
+        .ignore_errors()
+    )
+    # A placeholder first, so the one batch exists even when every image failed.
+    placeholder = tf.data.Dataset.from_tensors(
+        (tf.constant(-1, tf.int64), tf.zeros([image_size, image_size, 3], tf.float32))
+    )
+    indices, images = placeholder.concatenate(decoded).batch(count + 1).get_single_element()
+    where = indices[1:, None]
+    ok = tf.scatter_nd(where, tf.ones_like(where[:, 0], tf.int32), [count]) > 0
+    images = tf.scatter_nd(where, images[1:], tf.stack([count, image_size, image_size, 3]))
+    return images, ok
 
 
 def random_crop_and_resize(

@@ -24,7 +24,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from lmrec import atomic, plots
+from lmrec import atomic, plots, run_lock
 from lmrec.config import PrepareConfig
 from lmrec.data import records, shards
 from lmrec.data.sources import Source, SourceItem, get_source
@@ -104,19 +104,25 @@ def prepare(config: PrepareConfig, verbose: bool = True) -> PrepareResult:
       The dataset folder and the stats written to its stats.json.
 
     Raises:
-      UserError: bad flags, a missing input, no usable images, or an existing
-        dataset without --overwrite.
+      UserError: bad flags, a missing input, no usable images, an existing
+        dataset without --overwrite, or another process preparing the same dataset.
     """
-    started = time.time()
     name = dataset_name(config)
+    # Held for the whole run: it covers the dataset, its work folder and partial folders,
+    # and removes what a killed prepare left of them.
+    with run_lock.dataset(config.output_dir, name, verbose):
+        return _prepare(config, name, verbose)
+
+
+def _prepare(config: PrepareConfig, name: str, verbose: bool) -> PrepareResult:
+    """prepare()'s work, done while holding the dataset's lock."""
+    started = time.time()
     data_dir = os.path.join(config.output_dir, name)
     if os.path.exists(data_dir) and not config.overwrite:
         what = "a prepared dataset" if is_prepared(data_dir) else "something that is not a dataset"
         raise UserError(
             f"{data_dir} already holds {what}; pass --overwrite to replace it or choose --name"
         )
-    for leftover in atomic.remove_stale_partials(config.output_dir, name):
-        _log(verbose, f"Removed {leftover} left by an interrupted prepare.")
     shards.check_runner(config.runner)
     if config.images_per_shard < 1:
         raise UserError(f"--images_per_shard must be >= 1, got {config.images_per_shard}")

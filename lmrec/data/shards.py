@@ -139,7 +139,9 @@ class ShardBuilder:
     def finish(self) -> dict[str, Any]:
         """Renames the shard into place, then writes its result file (the "done" mark)."""
         self._writer.close()
+        atomic.fsync_file(self._tmp)  # the shard's bytes reach the disk before its done mark
         os.replace(self._tmp, self._path)
+        atomic.fsync_directory(self._options.directory)
         results = os.path.join(self._options.directory, RESULTS_DIR)
         os.makedirs(results, exist_ok=True)
         atomic.write_json(os.path.join(results, f"{self._spec.name}.json"), self.result)

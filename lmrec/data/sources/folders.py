@@ -42,9 +42,9 @@ def list_class_folder(
                 continue  # .git, .thumbnails and the like are not classes.
             class_name = unicodedata.normalize("NFC", entry.name)
             class_names.append(class_name)
-            for path in _walk_files(entry.path):
+            for path, unreadable in _walk_files(entry.path):
                 relative = os.path.relpath(path, input_dir)
-                reason = _why_not_offered(path)
+                reason = unreadable or _why_not_offered(path)
                 if reason:
                     rejected.append((relative, reason))
                 else:
@@ -59,11 +59,36 @@ def list_class_folder(
     return class_names, found, rejected
 
 
-def _walk_files(root: str) -> Iterator[str]:
-    for directory, subdirs, files in os.walk(root, followlinks=True):
+def _walk_files(root: str) -> Iterator[tuple[str, str]]:
+    """(path, "") for each file under root, and (folder, reason) for each folder not listed.
+
+    Symbolic links to folders are followed (photo libraries are often spread over
+    disks), each real folder once, so a link back up the tree cannot loop forever.
+    """
+    unreadable: list[tuple[str, str]] = []
+
+    def note(error: OSError) -> None:
+        unreadable.append((error.filename, f"unreadable folder ({error.strerror or error})"))
+
+    visited: set[tuple[int, int]] = set()
+    for directory, subdirs, files in os.walk(root, onerror=note, followlinks=True):
+        yield from unreadable
+        unreadable.clear()
+        try:
+            status = os.stat(directory)
+        except OSError as error:
+            yield directory, f"unreadable folder ({error.strerror or error})"
+            subdirs[:] = []
+            continue
+        if (status.st_dev, status.st_ino) in visited:
+            yield directory, "folder already listed through another link (a link loop)"
+            subdirs[:] = []
+            continue
+        visited.add((status.st_dev, status.st_ino))
         subdirs.sort()
         for name in sorted(files):
-            yield os.path.join(directory, name)
+            yield os.path.join(directory, name), ""
+    yield from unreadable
 
 
 def _why_not_offered(path: str) -> str:
