@@ -15,6 +15,9 @@ from lmrec.config import ModelConfig
 from lmrec.errors import UserError
 from lmrec.models import backbones, classifier, freezing
 
+# Trains, exports or runs commands: left out by `pytest -m "not slow"`.
+pytestmark = pytest.mark.slow
+
 # keras.applications models outside BACKBONES, built too: they share _keras_application
 # with the design card's four, so three more families (depthwise, caffe-style, ConvNeXt with
 # its normalization inside) are enough; building all 40 would take many minutes on a CPU.

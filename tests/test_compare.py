@@ -12,6 +12,9 @@ from lmrec import compare
 from lmrec.errors import UserError
 from tests.conftest import REPO
 
+# Trains, exports or runs commands: left out by `pytest -m "not slow"`.
+pytestmark = pytest.mark.slow
+
 
 def _shared_args(data_dir: str, tmp_path) -> list[str]:
     return [

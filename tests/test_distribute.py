@@ -19,6 +19,9 @@ from lmrec import distribute, resume
 from lmrec.errors import UserError
 from tests.conftest import REPO, TINY_RUN
 
+# Trains, exports or runs commands: left out by `pytest -m "not slow"`.
+pytestmark = pytest.mark.slow
+
 TINY = {**TINY_RUN, "epochs_frozen": 1, "epochs_finetune": 1, "batch_size": 8}
 
 

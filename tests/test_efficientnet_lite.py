@@ -17,6 +17,9 @@ from lmrec.errors import UserError
 from lmrec.models import backbones, efficientnet_lite, torch_checkpoint
 from tests.conftest import REPO
 
+# Trains, exports or runs commands: left out by `pytest -m "not slow"`.
+pytestmark = pytest.mark.slow
+
 FIXTURES = REPO / "tests" / "fixtures"
 # The PyTorch reference (scripts/make_efficientnet_lite_reference.py) and the Keras model agreed to
 # 8.0e-6 (lite0), 1.2e-5 (lite1) and 9.1e-6 (lite2) max abs error on logits of magnitude up to

@@ -22,6 +22,9 @@ from lmrec.data.sources import demo
 from lmrec.errors import UserError
 from tests.conftest import REPO
 
+# Trains, exports or runs commands: left out by `pytest -m "not slow"`.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def trained(trained_demo):

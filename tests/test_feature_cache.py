@@ -18,6 +18,9 @@ from lmrec.models import classifier
 from lmrec.train import train_and_evaluate
 from tests.conftest import small_demo_config, tiny_run_config
 
+# Trains, exports or runs commands: left out by `pytest -m "not slow"`.
+pytestmark = pytest.mark.slow
+
 
 def _tiny(tmp_path, demo_records, name: str, **overrides):
     """Phase 1 only, a few steps: training mechanics, not accuracy."""

@@ -14,6 +14,9 @@ from lmrec.data.sources import gldv2
 from lmrec.errors import UserError
 from tests.conftest import jpeg_bytes
 
+# Trains, exports or runs commands: left out by `pytest -m "not slow"`.
+pytestmark = pytest.mark.slow
+
 # landmark id -> number of images listed in train.csv. Ids are not contiguous; 1001 has one
 # image; 300 has no category name. Three of 58's images are missing, empty and corrupt.
 COUNTS = {"7": 6, "42": 4, "58": 8, "300": 3, "1001": 1, "77777": 5}

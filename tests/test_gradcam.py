@@ -15,6 +15,9 @@ from lmrec.config import ModelConfig
 from lmrec.errors import UserError
 from lmrec.models import backbones, classifier, heads
 
+# Trains, exports or runs commands: left out by `pytest -m "not slow"`.
+pytestmark = pytest.mark.slow
+
 SIZE = 96
 COLOURS = np.array([[230, 40, 40], [40, 200, 40], [50, 70, 230]], np.float32)
 

@@ -23,6 +23,9 @@ from lmrec.data import records
 from lmrec.errors import UserError
 from lmrec.models import backbones, classifier, heads, pooling
 
+# Trains, exports or runs commands: left out by `pytest -m "not slow"`.
+pytestmark = pytest.mark.slow
+
 FEATURES = (4, 4, 32)  # a small backbone feature map
 CONFIG = ModelConfig(dense_units=16, bilinear_dim=256)
 NUM_CLASSES = 3

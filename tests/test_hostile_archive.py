@@ -27,6 +27,9 @@ from lmrec import xmp
 from lmrec.data.sources import demo, folders
 from tests.conftest import png_of
 
+# Runs commands: left out by `pytest -m "not slow"`.
+pytestmark = pytest.mark.slow
+
 # A folder only root can read; setpriv drops the capabilities that let root read it anyway.
 SETPRIV = shutil.which("setpriv")
 NO_READ_OVERRIDE = [SETPRIV, "--bounding-set=-dac_override,-dac_read_search"] if SETPRIV else []

@@ -13,6 +13,9 @@ from lmrec.config import LrFindConfig
 from lmrec.errors import UserError
 from tests.conftest import small_demo_config
 
+# Trains, exports or runs commands: left out by `pytest -m "not slow"`.
+pytestmark = pytest.mark.slow
+
 
 def tiny_config(tmp_path, demo_records, **overrides):
     return small_demo_config(

@@ -34,6 +34,9 @@ from lmrec.models import backbones
 from tests import fake_gldv2
 from tests.conftest import REPO
 
+# Trains, exports or runs commands: left out by `pytest -m "not slow"`.
+pytestmark = pytest.mark.slow
+
 QUICKSTART = REPO / "scripts" / "colab_quickstart.ipynb"
 GLDV2 = REPO / "scripts" / "colab_gldv2.ipynb"
 NOTEBOOKS = [QUICKSTART, GLDV2]

@@ -21,6 +21,9 @@ from lmrec.data import images
 from lmrec.data.sources import demo
 from lmrec.errors import UserError
 
+# Trains, exports or runs commands: left out by `pytest -m "not slow"`.
+pytestmark = pytest.mark.slow
+
 ORIENTATION = 0x0112
 
 

@@ -22,6 +22,9 @@ from lmrec.errors import UserError
 from lmrec.train import train_and_evaluate
 from tests.conftest import REPO, TINY_RUN, small_demo_config
 
+# Trains, exports or runs commands: left out by `pytest -m "not slow"`.
+pytestmark = pytest.mark.slow
+
 STEPS_PER_EPOCH = 6
 FROZEN_EPOCHS, FINETUNE_EPOCHS = 1, 2
 EXPECTED_STEPS = {"frozen": STEPS_PER_EPOCH * FROZEN_EPOCHS, "finetune": 2 * STEPS_PER_EPOCH}

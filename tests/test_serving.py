@@ -22,6 +22,9 @@ from lmrec.data import pipeline
 from lmrec.data.sources import demo
 from tests.conftest import REPO
 
+# Trains, exports or runs commands: left out by `pytest -m "not slow"`.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def exported(trained_demo, tmp_path_factory):

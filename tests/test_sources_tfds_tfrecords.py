@@ -23,6 +23,9 @@ from lmrec.data.sources import get_source
 from lmrec.errors import UserError
 from tests.conftest import jpeg_bytes
 
+# Trains, exports or runs commands: left out by `pytest -m "not slow"`.
+pytestmark = pytest.mark.slow
+
 
 def _ids(source) -> list[str]:
     return [item.image_id for item in source.items()]

@@ -15,6 +15,9 @@ from lmrec import model_dir as run_files
 from lmrec.config import ExportConfig
 from lmrec.errors import UserError
 
+# Trains, exports or runs commands: left out by `pytest -m "not slow"`.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def trained(trained_demo):

@@ -20,18 +20,20 @@ from lmrec.models import classifier
 from lmrec.train import train_and_evaluate
 from tests.conftest import small_demo_config, tiny_run_config
 
+# Trains, exports or runs commands: left out by `pytest -m "not slow"`.
+pytestmark = pytest.mark.slow
+
 # 8 classes: chance is 0.125. The shrunk demo run (conftest.trained_demo) reached 0.53, 0.56 and
 # 0.57 validation accuracy in three runs on a 2-core CPU; 0.35 (2.8x chance) leaves room for the
 # run-to-run noise of multi-threaded training.
 CHANCE = 1 / 8
-REQUIRED_ACCURACY = 0.35
+REQUIRED_ACCURACY = 2.8 * CHANCE
 
 
 def test_demo_config_beats_chance_by_a_wide_margin(trained_demo):
     metrics = trained_demo.metrics
     assert metrics["num_images"] == 8 * 16  # 20% of 80 per class held out
     assert metrics["accuracy"] >= REQUIRED_ACCURACY, metrics["accuracy"]
-    assert metrics["accuracy"] >= 2.8 * CHANCE
     assert metrics["top5_accuracy"] > metrics["accuracy"]
     assert 0.0 < metrics["gap"] <= 1.0 and 0.0 < metrics["macro_f1"] <= 1.0
 

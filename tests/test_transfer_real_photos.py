@@ -13,6 +13,9 @@ from lmrec import config
 from lmrec.train import train_and_evaluate
 from tests.conftest import REPO
 
+# Trains, exports or runs commands: left out by `pytest -m "not slow"`.
+pytestmark = pytest.mark.slow
+
 # MixUp is off: these 3-epoch runs check that transfer works, not the full recipe; with
 # MixUp on, one of three runs of this file failed.
 SHORT = [
