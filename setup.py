@@ -73,7 +73,7 @@ setup(
             "lmrec-prepare=lmrec.prepare:run",
             "lmrec-train=lmrec.train:run",
             "lmrec-evaluate=lmrec.evaluate:run",
-            "lmrec-export=lmrec.export:run",
+            "lmrec-export=lmrec.export.__main__:run",
             "lmrec-predict=lmrec.predict:run",
             "lmrec-gradcam=lmrec.gradcam:run",
             "lmrec-copy-configs=lmrec.copy_configs:run",

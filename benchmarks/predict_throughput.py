@@ -55,8 +55,9 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from benchmarks.machine_info import machine  # noqa: E402
-from lmrec import atomic, export, predict, tflite_export  # noqa: E402
+from lmrec import atomic, export, predict  # noqa: E402
 from lmrec.config import ModelConfig  # noqa: E402
+from lmrec.export import tflite as tflite_export  # noqa: E402
 from lmrec.models import backbones, classifier  # noqa: E402
 
 DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "vn_landmarks")
@@ -132,7 +133,7 @@ def xla_serve(model, preprocess):
 
 
 def tflite_serves(model, preprocess, size, folder) -> dict:
-    """lmrec.tflite_export's float32 and int8 conversions, each run as predict runs them."""
+    """lmrec.export.tflite's float32 and int8 conversions, each run as predict runs them."""
     trained = types.SimpleNamespace(model=model, preprocess=preprocess, image_size=size)
     serves = {}
     for variant, flatbuffer in tflite_export.convert(trained, ["float32", "int8"]).items():

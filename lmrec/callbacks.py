@@ -15,8 +15,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from lmrec import atomic, plots
-from lmrec import model_dir as run_files
+from lmrec import atomic, plots, run_files
 from lmrec.errors import UserError
 
 

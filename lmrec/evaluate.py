@@ -21,16 +21,14 @@ import csv
 import io
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
-from lmrec import atomic, gradcam, metrics, photo_archive, plots, report, run_lock
-from lmrec import model_dir as run_files
-from lmrec.data import pipeline, prepare, records
-from lmrec.data.sources import folders
+from lmrec import atomic, gradcam, metrics, plots, report, run_files, run_lock
+from lmrec.data import held_out
 from lmrec.errors import UserError
 
 MOST_CONFUSED = 10
@@ -40,113 +38,9 @@ REPORT_HTML = "report.html"
 
 
 @dataclass
-class EvalData:
-    """A dataset of (pixels in [0, 255], model labels, ids) and what it is."""
-
-    dataset: tf.data.Dataset
-    description: str
-    skipped: list[dict[str, str]] = field(default_factory=list)
-
-
-@dataclass
 class EvaluationResult:
     metrics: dict
     report_dir: str
-
-
-def _label_map(data_labels: list[str], model_labels: list[str]) -> tuple[np.ndarray, list[str]]:
-    """Maps dataset label indices to model indices by class name; -1 for unknown classes."""
-    index = {name: i for i, name in enumerate(model_labels)}
-    mapping = np.array([index.get(name, -1) for name in data_labels], dtype=np.int32)
-    unknown = [name for name in data_labels if name not in index]
-    return mapping, unknown
-
-
-def _shard_data(
-    trained, pattern: str, label_dir: str, batch_size: int, num_examples: int | None = None
-) -> EvalData:
-    data_labels = records.label_names(records.read_labels(label_dir))
-    mapping, unknown = _label_map(data_labels, trained.class_names)
-    if len(unknown) == len(data_labels):
-        raise UserError(f"None of the classes in {label_dir}/labels.json is known to the model")
-    dataset = pipeline.make_dataset(
-        pattern,
-        trained.image_size,
-        _pixels,
-        batch_size,
-        training=False,
-        with_ids=True,
-        num_examples=None if unknown else num_examples,
-    )
-    if not np.array_equal(mapping, np.arange(len(mapping))):
-        table = tf.constant(mapping)
-        dataset = dataset.map(lambda x, y, i: (x, tf.gather(table, y), i))
-        if unknown:
-            dataset = dataset.unbatch().filter(lambda x, y, i: y >= 0).batch(batch_size)
-    skipped = [{"class": name, "reason": "class unknown to the model"} for name in unknown]
-    return EvalData(dataset, pattern, skipped)
-
-
-def _pixels(images: tf.Tensor) -> tf.Tensor:
-    """The pipelines here yield pixels in [0, 255]; run_model normalizes them (the gallery
-    keeps the pixels)."""
-    return images
-
-
-def _folder_data(trained, folder: str, batch_size: int) -> EvalData:
-    class_names, found, rejected = folders.list_class_folder(folder)
-    model_index = {name: i for i, name in enumerate(trained.class_names)}
-    skipped = [{"file": path, "reason": reason} for path, reason in rejected]
-    skipped += [
-        {"class": name, "reason": "class unknown to the model"}
-        for name in class_names
-        if name not in model_index
-    ]
-    usable = [(rel, path, model_index[c]) for rel, path, c in found if c in model_index]
-    if not usable:
-        raise UserError(f"--data={folder} has no photos in folders named after the model's classes")
-    max_side = trained.config.prepare.max_image_side
-    dataset = pipeline.photo_dataset(usable, trained.image_size, batch_size, max_side, skipped)
-    return EvalData(dataset, folder, skipped)
-
-
-def distractor_data(trained, folder: str, batch_size: int) -> EvalData:
-    """Photos without a landmark (any folder layout), labelled metrics.NO_LANDMARK."""
-    if not os.path.isdir(folder):
-        raise UserError(f"--distractors={folder!r} is not a folder")
-    scan = photo_archive.scan([folder])
-    paths, ignored = scan.photos, scan.ignored
-    if not paths:
-        raise UserError(f"--distractors={folder} holds no photos")
-    skipped = [dict(entry) for entry in [*scan.failures, *ignored]]  # + unreadable folders
-    items = [
-        ("distractors/" + os.path.relpath(path, folder), path, metrics.NO_LANDMARK)
-        for path in paths
-    ]
-    max_side = trained.config.prepare.max_image_side
-    dataset = pipeline.photo_dataset(items, trained.image_size, batch_size, max_side, skipped)
-    return EvalData(dataset, folder, skipped)
-
-
-def _val_split(trained, data_dir: str, batch_size: int) -> EvalData:
-    pattern = records.shard_pattern(data_dir, "val")
-    if not tf.io.gfile.glob(pattern):
-        raise UserError(f"{data_dir} has no validation shards; pass --data=... to evaluate")
-    count = prepare.read_stats(data_dir)["totals"]["val"]
-    return _shard_data(trained, pattern, data_dir, batch_size, num_examples=count)
-
-
-def eval_data(trained, data: str, batch_size: int) -> EvalData:
-    """Resolves --data (see module docstring) into a dataset in the model's label space."""
-    if not data:
-        return _val_split(trained, trained.config.data.data_dir, batch_size)
-    if any(ch in data for ch in "*?["):
-        return _shard_data(trained, data, os.path.dirname(data), batch_size)
-    if not os.path.isdir(data):
-        raise UserError(f"--data={data!r} is neither a folder nor a shard pattern")
-    if prepare.is_prepared(data):
-        return _val_split(trained, data, batch_size)
-    return _folder_data(trained, data, batch_size)
 
 
 @dataclass
@@ -285,13 +179,13 @@ def _evaluate(
     if reject_threshold is None:
         reject_threshold = trained.config.evaluate.reject_threshold
     metrics.check_threshold(reject_threshold)
-    source = eval_data(trained, data, batch_size)
+    source = held_out.eval_data(trained, data, batch_size)
     found = run_model(
         trained.model, source.dataset, trained.preprocess, verbose, GALLERY_SIZE, cam_crop
     )
     distractor_count = 0
     if distractors:
-        extra = distractor_data(trained, distractors, batch_size)
+        extra = held_out.distractor_data(trained, distractors, batch_size)
         more = run_model(
             trained.model, extra.dataset, trained.preprocess, verbose, GALLERY_SIZE, cam_crop
         )
@@ -340,7 +234,11 @@ def _joined(first: Predictions, second: Predictions) -> Predictions:
 
 
 def summarize(
-    found: Predictions, names: list[str], source: EvalData, threshold: float, distractors: int
+    found: Predictions,
+    names: list[str],
+    source: held_out.EvalData,
+    threshold: float,
+    distractors: int,
 ) -> dict:
     """metrics.json: closed-set metrics on landmark photos, calibration, and the open set.
 
@@ -467,7 +365,7 @@ def _to_tensorboard(log_dir: str, figures: dict[str, bytes], summary: dict) -> N
     writer.close()
 
 
-def _summary(report: dict, names: list[str], source: EvalData) -> dict:
+def _summary(report: dict, names: list[str], source: held_out.EvalData) -> dict:
     scores = report["per_class"]
     counts = report["confusion_matrix"]
     off_diagonal = counts - np.diag(np.diag(counts))

@@ -30,8 +30,7 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
-from lmrec import model_dir as run_files
-from lmrec import photo_archive, plots
+from lmrec import photo_archive, plots, run_files
 from lmrec.data import pipeline
 from lmrec.errors import UserError
 

@@ -28,11 +28,11 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
-from lmrec import export, metrics, photo_archive, tflite_export, xmp
-from lmrec import model_dir as run_files
+from lmrec import metrics, photo_archive, run_files, xmp
 from lmrec.config import PredictConfig
 from lmrec.data import images
 from lmrec.errors import UserError
+from lmrec.export import savedmodel, tflite
 from lmrec.tag_store import Row, TagStore, check_output
 
 # The label of a photo whose top probability is below the reject threshold.
@@ -62,9 +62,7 @@ class Tagger:
 
 def _tflite_serve(path: str) -> Callable[..., dict]:
     """A TFLite file's signature (XNNPACK, a thread per core) as a serve function."""
-    runner = tflite_export.interpreter(path, os.cpu_count() or 1).get_signature_runner(
-        "serving_default"
-    )
+    runner = tflite.interpreter(path, os.cpu_count() or 1).get_signature_runner("serving_default")
     return lambda images: runner(images=np.asarray(images, dtype=np.uint8))
 
 
@@ -101,10 +99,10 @@ def load_tagger(model: str, engine: str = "auto") -> Tagger:
                 "(python -m lmrec.export --tflite=float32,int8 writes one)"
             )
         trained = run_files.load(model)
-        _, from_uint8 = export.serving_functions(
+        _, from_uint8 = savedmodel.serving_functions(
             trained.model, trained.class_names, trained.image_size, trained.preprocess, 1
         )
-        serve = tf.function(from_uint8, input_signature=export.UINT8_SIGNATURE)
+        serve = tf.function(from_uint8, input_signature=savedmodel.UINT8_SIGNATURE)
         return Tagger(
             class_names=trained.class_names,
             image_size=trained.image_size,
@@ -121,17 +119,17 @@ def load_tagger(model: str, engine: str = "auto") -> Tagger:
                 f"--model={model!r} holds no saved_model.pb, no numbered versions and no "
                 f"{run_files.CONFIG_FILE}"
             )
-    metadata = export.read_metadata(saved_model)
+    metadata = savedmodel.read_metadata(saved_model)
     variant = TFLITE_ENGINES.get(engine, "float32")
-    tflite = os.path.join(tflite_export.output_folder(saved_model), f"{variant}.tflite")
-    if engine in TFLITE_ENGINES and not os.path.isfile(tflite):
+    tflite_file = os.path.join(tflite.output_folder(saved_model), f"{variant}.tflite")
+    if engine in TFLITE_ENGINES and not os.path.isfile(tflite_file):
         raise UserError(
-            f"--engine={engine}: {tflite} does not exist; write it with python -m lmrec.export "
-            f"--tflite={variant}, or use --engine=savedmodel"
+            f"--engine={engine}: {tflite_file} does not exist; write it with "
+            f"python -m lmrec.export --tflite={variant}, or use --engine=savedmodel"
         )
-    use_tflite = engine != "savedmodel" and os.path.isfile(tflite)
+    use_tflite = engine != "savedmodel" and os.path.isfile(tflite_file)
     serve = (
-        _tflite_serve(tflite)
+        _tflite_serve(tflite_file)
         if use_tflite
         else tf.saved_model.load(saved_model).signatures["serving_images"]
     )

@@ -23,8 +23,7 @@ import os
 import shutil
 from typing import Any
 
-from lmrec import atomic
-from lmrec import model_dir as run_files
+from lmrec import atomic, run_files
 from lmrec.config import ExperimentConfig, load_experiment
 from lmrec.data import records
 from lmrec.errors import UserError

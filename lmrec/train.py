@@ -29,9 +29,9 @@ from lmrec import (
     performance,
     plots,
     resume,
+    run_files,
     run_lock,
 )
-from lmrec import model_dir as run_files
 from lmrec.config import ExperimentConfig
 from lmrec.data import augment, pipeline, prepare, records
 from lmrec.errors import UserError

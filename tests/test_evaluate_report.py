@@ -16,8 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lmrec import evaluate, metrics, report
-from lmrec import model_dir as run_files
+from lmrec import evaluate, metrics, report, run_files
 from lmrec.data.sources import demo
 from lmrec.errors import UserError
 from tests.conftest import REPO

@@ -14,8 +14,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from lmrec import evaluate, export, predict
-from lmrec import model_dir as run_files
+from lmrec import evaluate, export, predict, run_files
 from lmrec.config import ExportConfig
 from lmrec.data import pipeline
 from lmrec.data.sources import demo

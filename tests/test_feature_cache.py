@@ -8,8 +8,7 @@ import os
 import numpy as np
 import pytest
 
-from lmrec import feature_cache
-from lmrec import model_dir as run_files
+from lmrec import feature_cache, run_files
 from lmrec import train as train_module
 from lmrec.config import ModelConfig
 from lmrec.data import pipeline, prepare

@@ -16,8 +16,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from lmrec import export, losses
-from lmrec import model_dir as run_files
+from lmrec import export, losses, run_files
 from lmrec.config import ExperimentConfig, ExportConfig, ModelConfig
 from lmrec.data import records
 from lmrec.errors import UserError

@@ -28,8 +28,7 @@ import nbformat
 import pytest
 
 from lmrec import config as config_lib
-from lmrec import distribute
-from lmrec import model_dir as run_files
+from lmrec import distribute, run_files
 from lmrec.models import backbones
 from tests import fake_gldv2
 from tests.conftest import REPO

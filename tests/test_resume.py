@@ -16,8 +16,7 @@ import keras
 import numpy as np
 import pytest
 
-from lmrec import callbacks, resume
-from lmrec import model_dir as run_files
+from lmrec import callbacks, resume, run_files
 from lmrec.errors import UserError
 from lmrec.train import train_and_evaluate
 from tests.conftest import REPO, TINY_RUN, small_demo_config

@@ -15,8 +15,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from lmrec import export, serving
-from lmrec import model_dir as run_files
+from lmrec import export, run_files, serving
 from lmrec.config import ExportConfig
 from lmrec.data import pipeline
 from lmrec.data.sources import demo

@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from lmrec import export, tflite_export
-from lmrec import model_dir as run_files
+from lmrec import export, run_files
 from lmrec.config import ExportConfig
 from lmrec.errors import UserError
+from lmrec.export import onnx as onnx_export
+from lmrec.export import tflite as tflite_export
 
 # Trains, exports or runs commands: left out by `pytest -m "not slow"`.
 pytestmark = pytest.mark.slow
@@ -93,12 +94,12 @@ def test_a_tflite_file_takes_a_batch_of_uint8_images(report, trained):
 def test_onnx_is_skipped_with_the_install_command_when_missing(report, monkeypatch, trained):
     onnx = _checks(report)["onnx"]
     if onnx.skipped:
-        assert onnx.skipped == tflite_export.ONNX_MISSING
+        assert onnx.skipped == onnx_export.ONNX_MISSING
     else:  # tf2onnx and onnxruntime are installed: the ONNX file must agree like float32
         assert onnx.top1_agreement == 1.0 and onnx.max_abs_diff < 1e-5
     monkeypatch.setitem(sys.modules, "tf2onnx", None)  # import now raises ImportError
-    check = tflite_export._onnx(trained, "unused", None, None, None, 1)
-    assert check.skipped == tflite_export.ONNX_MISSING
+    check = onnx_export.export_onnx(trained, "unused", None, None, None, 1)
+    assert check.skipped == onnx_export.ONNX_MISSING
 
 
 def test_unknown_variant_names_the_flag_and_the_valid_names(saved_model):

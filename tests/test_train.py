@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from lmrec import callbacks, config, performance
-from lmrec import model_dir as run_files
+from lmrec import callbacks, config, performance, run_files
 from lmrec import train as train_module
 from lmrec.data import records
 from lmrec.errors import UserError

@@ -41,8 +41,7 @@ import sys
 import keras
 import tensorflow as tf
 
-from lmrec import atomic, serving
-from lmrec import model_dir as run_files
+from lmrec import atomic, run_files, serving
 from lmrec.config import ExportConfig
 from lmrec.data import pipeline, records
 from lmrec.errors import UserError
@@ -204,36 +203,3 @@ def read_metadata(saved_model_dir: str) -> dict:
         )
     with open(path, encoding="utf-8") as f:
         return json.load(f)
-
-
-def main(argv: list[str]) -> int:
-    from absl import flags
-
-    from lmrec import config as config_lib
-    from lmrec import tflite_export
-
-    export_config = config_lib.from_flags(config_lib.ExportConfig, flags.FLAGS)
-    model_dir = config_lib.from_flags(config_lib.TrainConfig, flags.FLAGS).model_dir
-    if not model_dir:
-        raise UserError("--model_dir is required")
-    # Checked before the export, so a typo does not leave a version behind.
-    variants = tflite_export.check_settings(export_config.tflite, export_config.tflite_check_images)
-    path = export_saved_model(model_dir, export_config)
-    print(path)
-    if variants:
-        data = config_lib.from_flags(config_lib.EvaluateConfig, flags.FLAGS).data
-        report = tflite_export.export_tflite(
-            path, variants, data=data, max_images=export_config.tflite_check_images
-        )
-        print(report.directory)
-    return 0
-
-
-def run() -> None:
-    from lmrec import cli, flags  # noqa: F401 - defines the flags.
-
-    cli.run_stage(main, positional=False)
-
-
-if __name__ == "__main__":
-    run()

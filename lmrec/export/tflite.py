@@ -22,20 +22,21 @@ the largest and mean |probability difference|, file size and images/s.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import tensorflow as tf
 
-from lmrec import atomic
-from lmrec import model_dir as run_files
+from lmrec import atomic, run_files
+from lmrec.data import held_out
 from lmrec.errors import UserError
+from lmrec.export import agreement, savedmodel
+from lmrec.export import onnx as onnx_export
 
 
 @dataclass(frozen=True)
@@ -55,8 +56,6 @@ VARIANTS = {
 FOLDER_SUFFIX = "_tflite"
 LABELS_FILE = "labels.txt"
 REPORT_FILE = "tflite_report.json"
-ONNX_FILE = "model.onnx"
-ONNX_MISSING = "skipped: pip install tf2onnx onnxruntime"
 DEFAULT_CHECK_IMAGES = 64
 
 
@@ -88,79 +87,12 @@ def check_settings(variants: str, max_images: int) -> list[str]:
     return names
 
 
-@dataclass
-class VariantCheck:
-    """One converted file measured against the SavedModel on the same images."""
-
-    variant: str
-    file: str = ""  # name inside the report's folder
-    size_mb: float = 0.0
-    top1_agreement: float = 0.0  # fraction of images whose top class equals the SavedModel's
-    max_abs_diff: float = 0.0  # largest |probability difference| over images and classes
-    mean_abs_diff: float = 0.0
-    accuracy: float = 0.0  # top-1 against the images' labels
-    images_per_second: float = 0.0  # batch 1, after one warm-up call
-    skipped: str = ""  # why it was not converted (ONNX without its packages)
-
-
-@dataclass
-class TfliteReport:
-    """What export_tflite wrote and how well each file agrees with the SavedModel."""
-
-    directory: str
-    saved_model: str
-    image_size: int
-    images: int  # held-out images compared
-    image_source: str
-    saved_model_accuracy: float
-    num_threads: int
-    checks: list[VariantCheck]
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    def table(self) -> str:
-        rows = [
-            f"{'variant':<8} {'MB':>7} {'top-1 agree':>12} {'max |dp|':>9} {'mean |dp|':>9} "
-            f"{'accuracy':>8} {'images/s':>9}"
-        ]
-        for c in self.checks:
-            if c.skipped:
-                rows.append(f"{c.variant:<8} {c.skipped}")
-                continue
-            agree = f"{round(c.top1_agreement * self.images)}/{self.images}"
-            rows.append(
-                f"{c.variant:<8} {c.size_mb:7.2f} {agree:>12} {c.max_abs_diff:9.1e} "
-                f"{c.mean_abs_diff:9.1e} {c.accuracy:8.3f} {c.images_per_second:9.1f}"
-            )
-        rows.append(
-            f"SavedModel accuracy on the same {self.images} images ({self.image_source}): "
-            f"{self.saved_model_accuracy:.3f}"
-        )
-        return "\n".join(rows)
-
-
 def output_folder(saved_model_dir: str) -> str:
     """export/<name>/<version> -> export/<name>_tflite/<version>."""
     version_dir = os.path.normpath(os.path.abspath(saved_model_dir))
     base, version = os.path.split(version_dir)
     parent, name = os.path.split(base)
     return os.path.join(parent, name + FOLDER_SUFFIX, version)
-
-
-def _probabilities_function(trained) -> Callable:
-    """uint8 [batch, S, S, 3] -> {"probabilities"}: the serving graph without decode/resize."""
-    model, preprocess = trained.model, trained.preprocess
-
-    def probabilities(images: tf.Tensor) -> dict[str, tf.Tensor]:
-        probabilities = model(preprocess(tf.cast(images, tf.float32)), training=False)
-        return {"probabilities": tf.cast(probabilities, tf.float32)}
-
-    return probabilities
-
-
-def _input_signature(image_size: int) -> list[tf.TensorSpec]:
-    return [tf.TensorSpec([None, image_size, image_size, 3], tf.uint8, name="images")]
 
 
 def convert(trained, variants: Sequence[str]) -> dict[str, bytes]:
@@ -178,8 +110,8 @@ def convert(trained, variants: Sequence[str]) -> dict[str, bytes]:
         archive.track(trained.model)
         archive.add_endpoint(
             "serving_default",
-            _probabilities_function(trained),
-            input_signature=_input_signature(trained.image_size),
+            agreement.probabilities_function(trained),
+            input_signature=agreement.input_signature(trained.image_size),
         )
         archive.write_out(tmp, verbose=False)
         flatbuffers = {}
@@ -217,77 +149,6 @@ def run_tflite(model_path: str, images: np.ndarray, num_threads: int) -> tuple[n
     return np.concatenate(outputs), len(images) / (time.perf_counter() - start)
 
 
-def held_out_images(trained, data: str, max_images: int) -> tuple[np.ndarray, np.ndarray, str]:
-    """Up to max_images (uint8 [N, S, S, 3], labels [N], description) from --data.
-
-    --data as lmrec.evaluate reads it; "" is the model_dir's validation shards.
-    """
-    from lmrec import evaluate
-
-    source = evaluate.eval_data(trained, data, batch_size=min(max_images, 32))
-    images, labels = [], []
-    count = 0
-    for pixels, batch_labels, _ in source.dataset:
-        images.append(pixels.numpy())
-        labels.append(batch_labels.numpy())
-        count += len(images[-1])
-        if count >= max_images:
-            break
-    if not count:
-        raise UserError(f"No images to check the TFLite files on in {source.description}")
-    pixels = np.concatenate(images)[:max_images]
-    uint8 = np.clip(np.round(pixels), 0, 255).astype(np.uint8)
-    return uint8, np.concatenate(labels)[:max_images], source.description
-
-
-def _check(
-    name: str, path: str, probs: np.ndarray, images_per_second: float, reference, labels
-) -> VariantCheck:
-    diff = np.abs(probs - reference)
-    return VariantCheck(
-        variant=name,
-        file=os.path.basename(path),
-        size_mb=os.path.getsize(path) / 1e6,
-        top1_agreement=float(np.mean(probs.argmax(1) == reference.argmax(1))),
-        max_abs_diff=float(diff.max()),
-        mean_abs_diff=float(diff.mean()),
-        accuracy=float(np.mean(probs.argmax(1) == labels)),
-        images_per_second=images_per_second,
-    )
-
-
-def _onnx(trained, folder: str, images, reference, labels, num_threads) -> VariantCheck:
-    """model.onnx via tf2onnx, checked with onnxruntime; skipped when either is missing."""
-    try:
-        import onnxruntime
-        import tf2onnx
-    except ImportError:
-        return VariantCheck("onnx", skipped=ONNX_MISSING)
-    function = tf.function(
-        _probabilities_function(trained), input_signature=_input_signature(trained.image_size)
-    )
-    try:
-        proto, _ = tf2onnx.convert.from_function(
-            function, input_signature=_input_signature(trained.image_size)
-        )
-    except Exception as error:  # tf2onnx lags TF releases; a failure must not lose the TFLite files
-        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        return VariantCheck("onnx", skipped=f"skipped: tf2onnx failed: {first_line[:200]}")
-    path = os.path.join(folder, ONNX_FILE)
-    atomic.write_bytes(path, proto.SerializeToString())
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = num_threads
-    session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-    input_name = session.get_inputs()[0].name
-    session.run(None, {input_name: images[:1]})
-    start = time.perf_counter()
-    probs = np.concatenate(
-        [session.run(None, {input_name: images[i : i + 1]})[0] for i in range(len(images))]
-    )
-    rate = len(images) / (time.perf_counter() - start)
-    return _check("onnx", path, probs, rate, reference, labels)
-
-
 def export_tflite(
     saved_model_dir: str,
     variants: Sequence[str] = tuple(VARIANTS),
@@ -297,7 +158,7 @@ def export_tflite(
     num_threads: int = 0,
     onnx: bool = True,
     verbose: bool = True,
-) -> TfliteReport:
+) -> agreement.TfliteReport:
     """Writes TFLite variants of an lmrec SavedModel and checks each against it.
 
     The TFLite graph is rebuilt from the model_dir the SavedModel names in
@@ -321,20 +182,18 @@ def export_tflite(
     Raises:
       UserError: unknown variant, not an lmrec SavedModel, or its model_dir is gone.
     """
-    from lmrec import export
-
     variants = check_settings(",".join(variants), max_images)
     if not variants:
         raise UserError(f"--tflite names no variant; valid: {', '.join(VARIANTS)}")
-    metadata = export.read_metadata(saved_model_dir)
+    metadata = savedmodel.read_metadata(saved_model_dir)
     if trained is None:
         try:
             trained = run_files.load(metadata["model_dir"])
         except UserError as error:
             raise UserError(
                 f"The TFLite conversion rebuilds the model from the model_dir that "
-                f"{saved_model_dir} was exported from ({export.EXTRA_DIR}/"
-                f"{export.METADATA_FILE}), and it failed: {error}"
+                f"{saved_model_dir} was exported from ({savedmodel.EXTRA_DIR}/"
+                f"{savedmodel.METADATA_FILE}), and it failed: {error}"
             ) from error
     if trained.image_size != metadata["image_size"]:
         raise UserError(
@@ -342,7 +201,7 @@ def export_tflite(
             f"{saved_model_dir} was exported at {metadata['image_size']}: export it again"
         )
     num_threads = num_threads or os.cpu_count() or 1
-    images, labels, source = held_out_images(trained, data, max_images)
+    images, labels, source = held_out.held_out_images(trained, data, max_images)
     serve = tf.saved_model.load(saved_model_dir).signatures["serving_images"]
     reference = serve(images=tf.constant(images))["probabilities"].numpy()
 
@@ -356,10 +215,12 @@ def export_tflite(
             path = os.path.join(tmp, f"{name}.tflite")
             atomic.write_bytes(path, flatbuffer)
             probs, rate = run_tflite(path, images, num_threads)
-            checks.append(_check(name, path, probs, rate, reference, labels))
+            checks.append(agreement.check(name, path, probs, rate, reference, labels))
         if onnx:
-            checks.append(_onnx(trained, tmp, images, reference, labels, num_threads))
-        report = TfliteReport(
+            checks.append(
+                onnx_export.export_onnx(trained, tmp, images, reference, labels, num_threads)
+            )
+        report = agreement.TfliteReport(
             directory=folder,
             saved_model=os.path.abspath(saved_model_dir),
             image_size=trained.image_size,

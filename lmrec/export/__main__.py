@@ -1,0 +1,42 @@
+"""python -m lmrec.export: a model_dir -> SavedModel (+ TFLite/ONNX with --tflite).
+
+python -m lmrec.export --model_dir=runs/demo [--export_dir=export] [--tflite=float32,int8]
+"""
+
+from __future__ import annotations
+
+from lmrec.errors import UserError
+from lmrec.export import tflite
+from lmrec.export.savedmodel import export_saved_model
+
+
+def main(argv: list[str]) -> int:
+    from absl import flags
+
+    from lmrec import config as config_lib
+
+    export_config = config_lib.from_flags(config_lib.ExportConfig, flags.FLAGS)
+    model_dir = config_lib.from_flags(config_lib.TrainConfig, flags.FLAGS).model_dir
+    if not model_dir:
+        raise UserError("--model_dir is required")
+    # Checked before the export, so a typo does not leave a version behind.
+    variants = tflite.check_settings(export_config.tflite, export_config.tflite_check_images)
+    path = export_saved_model(model_dir, export_config)
+    print(path)
+    if variants:
+        data = config_lib.from_flags(config_lib.EvaluateConfig, flags.FLAGS).data
+        report = tflite.export_tflite(
+            path, variants, data=data, max_images=export_config.tflite_check_images
+        )
+        print(report.directory)
+    return 0
+
+
+def run() -> None:
+    from lmrec import cli, flags  # noqa: F401 - defines the flags.
+
+    cli.run_stage(main, positional=False)
+
+
+if __name__ == "__main__":
+    run()
