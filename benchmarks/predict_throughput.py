@@ -35,7 +35,7 @@ from which the fraction of the ceiling ResNet50 reaches (forward ~7.75 GFLOP per
 224 px image) is reported. Top-1 agreement of each lmrec path with plain is
 reported too (the decodes and resizes differ slightly, so it is near, not at, 1).
 
-Writes benchmarks/results/predict_throughput.json and prints a Markdown table.
+Writes benchmarks/results/predict_throughput_128photos_cpu2.json and prints a Markdown table.
 """
 
 from __future__ import annotations
@@ -61,7 +61,9 @@ from lmrec.export import tflite as tflite_export  # noqa: E402
 from lmrec.models import backbones, classifier  # noqa: E402
 
 DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "vn_landmarks")
-RESULTS = os.path.join(os.path.dirname(__file__), "results", "predict_throughput.json")
+RESULTS = os.path.join(
+    os.path.dirname(__file__), "results", "predict_throughput_128photos_cpu2.json"
+)
 TARGET_RATIO = 1.5
 RESNET50_GFLOP = 7.75  # forward pass per 224 px image, multiply and add counted apart
 CLASSES = [f"landmark_{i}" for i in range(8)]

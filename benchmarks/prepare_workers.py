@@ -8,10 +8,10 @@ each resized to --side px (longer side) and saved --copies times with different
 JPEG quality so every file is distinct work. Then runs `--source=gldv2` prepare
 (max_image_side 800: decode, validate, downscale, re-encode, write) in a fresh
 process per configuration and reports images/s, the speed-up of 2 workers over 1
-(target >= 1.7x on 2 cores), and peak memory (parent and workers) at 1x and 2x
+(checked against 1.7x on 2 cores), and peak memory (parent and workers) at 1x and 2x
 the images, which should not grow with the number of images. --beam adds the same
 build as an Apache Beam DirectRunner pipeline with 2 worker processes.
-Writes benchmarks/results/prepare_workers.json.
+Writes benchmarks/results/prepare_workers_gldv2_layout_cpu2.json.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ _CHILD = """
 import json, resource, sys, time
 from lmrec.config import PrepareConfig
 from lmrec.data import prepare
-config = PrepareConfig(**json.loads(sys.argv[1]))
+config = PrepareConfig.build(**json.loads(sys.argv[1]))
 started = time.perf_counter()
 result = prepare.prepare(config, verbose=False)
 seconds = time.perf_counter() - started
@@ -113,7 +113,10 @@ def main() -> int:
     parser.add_argument("--images_per_shard", type=int, default=100)
     parser.add_argument("--beam", action="store_true")
     parser.add_argument(
-        "--output", default=os.path.join(REPO, "benchmarks", "results", "prepare_workers.json")
+        "--output",
+        default=os.path.join(
+            REPO, "benchmarks", "results", "prepare_workers_gldv2_layout_cpu2.json"
+        ),
     )
     args = parser.parse_args()
     missing = [f for f in PHOTO_FOLDERS if not os.path.isdir(os.path.join(SHARED, f))]

@@ -22,15 +22,15 @@ temporary folder, then for each backbone (weights=none: random initialization, n
 download), on the same cores, each run in a fresh process (benchmarks/fresh_process.py),
 measures:
 
-  lmrec   lmrec.train.train_and_evaluate itself on configs/demo.cfg (evaluation and
+  lmrec   lmrec.train.train_and_evaluate itself on configs/baseline_demo.cfg (evaluation and
           export off; --steps_per_epoch=--steps, --epochs epochs per phase), with
           everything it does per epoch: its input pipeline, the history writer,
           TensorBoard, the atomic best/last checkpoints, the resume checkpoint, the
           sample predictions, and the validation pass.
   plain   the same model (lmrec.models.classifier.build_classifier), frozen and
-          compiled by lmrec's own lmrec.train.prepare_phase (so the same freezing,
+          compiled by lmrec's own lmrec.training.prepare_phase (so the same freezing,
           optimizer, schedule, loss and metrics), on the same tf.data datasets
-          (lmrec.train.datasets), trained by a bare model.fit(steps_per_epoch=...)
+          (lmrec.training.datasets), trained by a bare model.fit(steps_per_epoch=...)
           with no callbacks, validation included as in lmrec.
   forward the plain model right after its frozen phase, in inference mode
           (model.predict_on_batch: Keras' compiled predict function) over batches of
@@ -62,7 +62,8 @@ step, which such load disturbs less, is recorded beside the wall-clock rates, an
 is, for each lmrec callback, its hooks' seconds per epoch, and the lmrec run's
 steps/s with those seconds taken out (the training loop alone). Prints two Markdown
 tables (the rates; where lmrec's extra time goes) and writes
-benchmarks/results/training_throughput.json.
+benchmarks/results/training_throughput_50steps_cpu2.json (name another setting's file with
+--output, by setting and machine: training_throughput_160steps_cpu2.json).
 """
 
 from __future__ import annotations
@@ -87,17 +88,14 @@ if REPO not in sys.path:
 import fresh_process  # noqa: E402 - benchmarks/ is on sys.path when run as a script
 import machine_info  # noqa: E402
 
-RESULT = os.path.join(REPO, "benchmarks", "results", "training_throughput.json")
+RESULT = os.path.join(REPO, "benchmarks", "results", "training_throughput_50steps_cpu2.json")
 # Steps per epoch. lmrec's per-phase work (the phase-end resume checkpoint of the whole
-# model, the sample-prediction drawing) is a fixed cost that a bare fit does not pay:
-# 0.1-0.8 s per epoch amortized over 3 short epochs, a fifth of a 10-step epoch and a
-# twentieth of a 50-step one (2026-11-23: 0.71-1.00 at 10 steps; 2026-11-24 at 50,
-# fresh processes, two 3-round runs: 0.87-1.07 and 0.86-0.98, the same row differing
-# by up to 0.14 between runs on this shared 2-core machine; --steps=160, 47 min a
-# round: 0.88-1.04, two-round reruns of the low rows 0.93-1.00; see README). Real
-# epochs are longer still (intel_scenes: 29 steps of 32; GLDv2 subsets: thousands);
-# --steps=10 shows that fixed cost, the JSON's extra_seconds_per_epoch and
-# steps_per_epoch_for_target give it at any length.
+# model, the sample-prediction drawing) is a fixed cost that a bare fit does not pay, so
+# the lmrec / plain ratio depends on the epoch length: short epochs show that cost,
+# long ones hide it. 50 steps keeps a five-backbone round under half an hour on 2 CPU
+# cores; real epochs are longer (GLDv2 subsets: thousands of steps). --steps=10 shows the
+# fixed cost; the JSON's extra_seconds_per_epoch and steps_per_epoch_for_target give it
+# at any length. Measured ratios per setting: benchmarks/README.md.
 DEFAULT_STEPS = 50
 DEFAULT_BACKBONES = "baseline,efficientnet_lite0,resnet50,xception,inceptionv3"
 PHASES = ("frozen", "finetune")
@@ -239,7 +237,7 @@ def prepare_demo(directory: str, images_per_class: int, image_side: int) -> str:
     from lmrec.data import prepare
 
     result = prepare.prepare(
-        PrepareConfig(
+        PrepareConfig.build(
             source="demo",
             output_dir=directory,
             name="demo",
@@ -253,7 +251,7 @@ def prepare_demo(directory: str, images_per_class: int, image_side: int) -> str:
 
 
 def experiment(backbone: str, data_dir: str, args):
-    """configs/demo.cfg for this backbone, shrunk to the benchmark's steps and epochs."""
+    """configs/baseline_demo.cfg for this backbone, shrunk to the benchmark's steps and epochs."""
     from lmrec import config
     from lmrec.models import backbones
 
@@ -273,7 +271,9 @@ def experiment(backbone: str, data_dir: str, args):
     ]
     if "cache_frozen_features" in {f.name for f in dataclasses.fields(config.TrainConfig)}:
         overrides.append("--cache_frozen_features=off")
-    result = config.experiment_from_flagfile(os.path.join(REPO, "configs", "demo.cfg"), *overrides)
+    result = config.experiment_from_flagfile(
+        os.path.join(REPO, "configs", "baseline_demo.cfg"), *overrides
+    )
     size = backbones.resolve_image_size(backbone, result.data.image_size)
     return result.replace(data={"image_size": size})
 
@@ -295,12 +295,12 @@ def _epoch_rows(clock, steps: int) -> tuple[dict[str, list[dict]], dict[str, flo
 def run_lmrec(config, runs_dir: str, index: int, without: frozenset[str] = frozenset()) -> dict:
     """train_and_evaluate as lmrec.train runs it (less the callbacks named in `without`);
     returns timed epochs and parameter counts."""
-    from lmrec import train
+    from lmrec import training
 
     clock = _clock_class()()
     model_dir = os.path.join(runs_dir, f"lmrec-{index}")
     with clocked_fits(clock, without):
-        result = train.train_and_evaluate(config, model_dir=model_dir, verbose=False)
+        result = training.train_and_evaluate(config, model_dir=model_dir, verbose=False)
     shutil.rmtree(model_dir, ignore_errors=True)
     epochs, first = _epoch_rows(clock, config.train.steps_per_epoch)
     return {
@@ -328,7 +328,7 @@ def run_plain(config, forward_batches: int) -> dict:
     """A bare model.fit of the same model, compile and data; forward rate after phase 1."""
     import keras
 
-    from lmrec import distribute, train
+    from lmrec import distribute, training
     from lmrec.data import prepare, records
     from lmrec.models import classifier, freezing
 
@@ -337,7 +337,7 @@ def run_plain(config, forward_batches: int) -> dict:
     stats = prepare.read_stats(data_dir)
     num_classes = len(labels)
     strategy = distribute.get_strategy(config.train.strategy)
-    train_data, val_data, steps = train.datasets(config, stats, num_classes)
+    train_data, val_data, steps = training.datasets(config, stats, num_classes)
     keras.utils.set_random_seed(config.data.seed)
     with strategy.scope():
         model = classifier.build_classifier(config.model, num_classes, config.data.image_size)
@@ -350,7 +350,7 @@ def run_plain(config, forward_batches: int) -> dict:
         ("finetune", config.train.epochs_finetune, config.train.lr_finetune),
     ):
         with strategy.scope():
-            train.prepare_phase(model, phase, learning_rate, epochs, steps, config)
+            training.prepare_phase(model, phase, learning_rate, epochs, steps, config)
         trainable[phase] = freezing.count_parameters(model).trainable
         model.fit(
             train_data,
@@ -588,7 +588,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     if args.epochs < 2:
         parser.error("--epochs must be >= 2: the first epoch of each phase is not counted")
-    os.chdir(REPO)  # configs/demo.cfg includes configs/common.cfg by a relative path
+    os.chdir(REPO)  # configs/baseline_demo.cfg includes configs/common.cfg by a relative path
     import tensorflow as tf  # noqa: F401 - before the clock: TensorFlow's start is not timed
 
     names = [b.strip() for b in args.backbones.split(",") if b.strip()]
@@ -657,7 +657,7 @@ def main(argv: list[str] | None = None) -> int:
             "rounds": args.rounds,
             "data": f"demo source, {args.demo_images_per_class} images per class at "
             f"{args.demo_image_size} px, val_fraction from configs/common.cfg",
-            "config": "configs/demo.cfg with the overrides above, evaluate/export off, "
+            "config": "configs/baseline_demo.cfg with the overrides above, evaluate/export off, "
             "cache_frozen_features=off",
             "lmrec_without_callbacks": sorted(without),
             "validation": "both fits validate every epoch; steps_per_second excludes the "

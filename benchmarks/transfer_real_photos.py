@@ -7,7 +7,7 @@
 Trains configs/<dataset>_<recipe>.cfg for each pair, on the shared real photos in
 ../shared/data, evaluates on each dataset's separate test folder, prints a
 Markdown table (test accuracy, macro-F1, GAP, seconds per phase) and writes
-benchmarks/results/transfer_real_photos.json. All runs happen in one process,
+benchmarks/results/transfer_real_photos_cpu2.json. All runs happen in one process,
 one after another, on the same machine, so the seconds compare.
 
 --seeds repeats each run with other training seeds (initialization, shuffling,
@@ -43,7 +43,7 @@ RECIPES = {
 def run_one(dataset: str, recipe: str, seed: int, runs_dir: str) -> dict:
     from lmrec import config
     from lmrec.data.prepare import read_stats
-    from lmrec.train import train_and_evaluate
+    from lmrec.training import train_and_evaluate
 
     model_dir = os.path.join(runs_dir, f"{dataset}_{recipe}_seed{seed}")
     # A finished run left there would be taken as done (lmrec resumes): start afresh.
@@ -124,7 +124,7 @@ def main() -> int:
     parser.add_argument("--append", action="store_true", help="keep the JSON's earlier rows")
     parser.add_argument("--runs_dir", default="runs/benchmarks")
     parser.add_argument(
-        "--output", default=os.path.join("benchmarks", "results", "transfer_real_photos.json")
+        "--output", default=os.path.join("benchmarks", "results", "transfer_real_photos_cpu2.json")
     )
     args = parser.parse_args()
     os.chdir(REPO)  # configs use paths relative to the repo root

@@ -25,9 +25,14 @@ import sys
 import time
 from dataclasses import dataclass
 
-from lmrec import atomic, run_lock
+from absl import flags
+
+from lmrec import atomic, cli, console, plots, run_lock, training
+from lmrec import config as config_lib
+from lmrec import flags as lmrec_flags
 from lmrec.config import ExperimentConfig
 from lmrec.errors import UserError
+from lmrec.models import backbones
 
 ROWS_DIR = "rows"
 OUTPUT_STEM = "comparison"
@@ -85,8 +90,6 @@ def split_entries(models: str) -> list[list[str]]:
 
 def entry_name(config: ExperimentConfig) -> str:
     """backbone_head_loss, plus _scratch when the backbone starts from random weights."""
-    from lmrec.models import backbones
-
     model = config.model
     parts = [model.backbone, model.head, model.loss]
     if not backbones.uses_pretrained_weights(model.weights):
@@ -96,9 +99,6 @@ def entry_name(config: ExperimentConfig) -> str:
 
 def build_entries(shared_args: list[str], models: str, compare_dir: str) -> list[Entry]:
     """Parses every entry on top of the shared flags, with the shared data forced on it."""
-    from lmrec import config as config_lib
-    from lmrec import flags as lmrec_flags
-
     shared = config_lib.experiment_from_flags(lmrec_flags.parse(shared_args))
     entries: list[Entry] = []
     names: dict[str, int] = {}
@@ -132,8 +132,6 @@ def _selected_row(history: list[dict], best_epoch: int | None) -> dict:
 
 def row_from_result(entry: Entry, result, seconds: float) -> dict:
     """The comparison's columns for one trained entry (metrics on the evaluation data)."""
-    from lmrec.models import backbones
-
     history = result.history
     selected = _selected_row(history, result.best_epoch)
     parameters = result.parameters.get("finetune") or result.parameters.get("frozen") or {}
@@ -211,8 +209,6 @@ def _finished_row(entry: Entry, compare_dir: str) -> dict | None:
 
 def write_outputs(rows: list[dict], compare_dir: str, title: str) -> dict[str, str]:
     """comparison.md/.csv/.json/.png in compare_dir; returns the paths by kind."""
-    from lmrec import plots
-
     paths = {
         kind: os.path.join(compare_dir, f"{OUTPUT_STEM}.{kind}")
         for kind in ("md", "csv", "json", "png")
@@ -235,49 +231,45 @@ def compare(
         their data settings apply to every entry.
       models: the --models list (see the module docstring).
       compare_dir: where runs, rows and the table go.
-      verbose: training progress and a line per finished entry.
+      verbose: training progress and a line per entry; False is lmrec.console's quiet
+        mode for this call. The table goes to stdout either way.
     """
     if not compare_dir:
         raise UserError("--compare_dir is empty: say where the comparison's runs and table go")
     entries = build_entries(shared_args, models, compare_dir)
-    # One comparison per compare_dir (its rows and table); each entry's run locks its own
-    # model_dir inside it.
-    with run_lock.folder(compare_dir, "compare_dir", "--compare_dir", verbose):
-        return _compare_holding_lock(entries, compare_dir, verbose)
+    with console.quiet(console.is_quiet() or not verbose):
+        # One comparison per compare_dir (its rows and table); each entry's run locks its
+        # own model_dir inside it.
+        with run_lock.folder(compare_dir, "compare_dir", "--compare_dir", not console.is_quiet()):
+            return _compare_holding_lock(entries, compare_dir)
 
 
-def _compare_holding_lock(entries: list[Entry], compare_dir: str, verbose: bool) -> list[dict]:
+def _compare_holding_lock(entries: list[Entry], compare_dir: str) -> list[dict]:
     """compare()'s work, done while holding the compare_dir's lock."""
-    from lmrec.train import train_and_evaluate
-
     rows = []
     for number, entry in enumerate(entries, start=1):
         row = _finished_row(entry, compare_dir)
         if row is not None:
-            print(f"[{number}/{len(entries)}] {entry.name}: done earlier, reused", file=sys.stderr)
+            console.say(f"[{number}/{len(entries)}] {entry.name}: done earlier, reused")
             rows.append(row)
             continue
-        print(f"[{number}/{len(entries)}] training {entry.name} ...", file=sys.stderr)
+        console.say(f"[{number}/{len(entries)}] training {entry.name} ...")
         started = time.time()
-        result = train_and_evaluate(entry.config, verbose=verbose)
+        result = training.train_and_evaluate(entry.config)
         row = row_from_result(entry, result, time.time() - started)
         atomic.write_json(
             _row_path(compare_dir, entry.name), {"config": entry.config.to_dict(), "row": row}
         )
         rows.append(row)
-        print(markdown([row]).splitlines()[-1], file=sys.stderr)
+        console.say(markdown([row]).splitlines()[-1])
     title = f"{len(rows)} models on {result_data_dir(rows, compare_dir)}"
     paths = write_outputs(rows, compare_dir, title)
     print(markdown(rows))
-    print("wrote " + ", ".join(paths.values()), file=sys.stderr)
+    console.say("wrote " + ", ".join(paths.values()))
     return rows
 
 
 def main(argv: list[str]) -> int:
-    from absl import flags
-
-    from lmrec import config as config_lib
-
     settings = config_lib.from_flags(config_lib.CompareConfig, flags.FLAGS)
     # Every entry re-parses the same command line (its --models is ignored there) plus its own.
     compare(sys.argv[1:], settings.models, settings.compare_dir, verbose=True)
@@ -285,9 +277,7 @@ def main(argv: list[str]) -> int:
 
 
 def run() -> None:
-    from lmrec import cli, flags  # noqa: F401 - defines the flags.
-
-    cli.run_stage(main, positional=False)
+    cli.run_stage("compare", main, positional=False)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,16 @@
 """Frozen dataclasses that carry every setting of every stage.
 
-Library code takes these, never absl FLAGS. Each field name is also the name of
-exactly one command-line flag (defined in lmrec.flags, with its default read
-from here), so a config converts to a re-runnable flagfile and back without a
-mapping table. A field that two stages share (seed, batch_size, top_k) is still
-one flag.
+Library code takes these, never absl FLAGS. Each field is declared with
+lmrec.settings.setting(default, help), so it is also one command-line flag
+whose default and help live here; lmrec.flags says which classes each command
+defines flags for. A setting that several classes hold (seed, batch_size, top_k,
+overwrite) is one Shared object, so it has one default and one help, and is one
+flag. A config converts to a re-runnable flagfile and back without a mapping
+table.
+
+A data source's own settings (e.g. --demo_images_per_class) are declared in its
+module (lmrec.data.sources); PrepareConfig.source_options holds the chosen
+source's values by name.
 """
 
 from __future__ import annotations
@@ -14,185 +20,486 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from absl import flags as absl_flags
+
+from lmrec import settings
+from lmrec.data import images
+from lmrec.data.sources import SOURCES
+from lmrec.settings import Shared, setting
+
+SEED = Shared(42, "Seed of the train/val split and of training shuffles.")
+BATCH_SIZE = Shared(
+    32,
+    "Photos per batch on each replica; training's global batch is this x replicas.",
+)
+TOP_K = Shared(5, "Labels returned per image.")
+OVERWRITE = Shared(
+    False,
+    "Replace what is already there: a prepared dataset (lmrec.prepare), configs that differ "
+    "from lmrec's (lmrec.copy_configs).",
+)
+
 
 @dataclasses.dataclass(frozen=True)
 class PrepareConfig:
-    """How photos become TFRecord shards (lmrec.prepare)."""
+    """How photos become TFRecord shards (lmrec.prepare).
 
-    source: str = "folder"
-    input_dir: str = ""
-    name: str = ""
-    output_dir: str = "tf_records"
-    val_fraction: float = 0.2
-    seed: int = 42
-    max_image_side: int = 800
-    images_per_shard: int = 1000
-    overwrite: bool = False
-    demo_images_per_class: int = 150
-    demo_image_size: int = 128
-    num_workers: int = 0  # 0: one worker process per CPU core.
-    runner: str = "local"  # local (worker processes) | beam (Apache Beam pipeline)
-    beam_options: str = ""  # e.g. "--runner=DataflowRunner --project=p --region=r"
-    # Google Landmarks v2 (--source=gldv2); selection flags also serve scripts/download_gldv2.py.
-    gldv2_dir: str = ""  # holds train.csv / train_clean.csv, train_label_to_category.csv, train/
-    gldv2_csv: str = "train"  # train (id,url,landmark_id) | train_clean (landmark_id,images)
-    min_images_per_class: int = 0
-    max_images_per_class: int = 0  # 0: no cap; else a seeded sample of this many per class.
-    num_classes: int = 0  # 0: every class that passes the other selections.
-    class_selection: str = "most"  # most (populous) | random (seeded) for --num_classes
-    classes: str = ""  # comma-separated landmark ids; overrides the count-based selection.
-    gldv2_url: str = "https://s3.amazonaws.com/google-landmark"
-    gldv2_tars: str = "all"  # tar shards to download: all | e.g. 0-9,17
-    download_jobs: int = 4
-    # TFDS (--source=tfds) and existing TFRecords (--source=tfrecords).
-    tfds_name: str = ""
-    tfds_split: str = "train"
-    tfds_data_dir: str = ""
-    tfrecords_label_offset: int = 0  # subtracted from stored labels (1 for 1-based sets).
+    source_options holds the chosen source's own settings by name (e.g.
+    {"demo_images_per_class": 5} for --source=demo); names it leaves out keep
+    their defaults. lmrec.data.sources.options_of() checks and types them.
+    """
+
+    source: str = setting(
+        "folder",
+        "Where photos come from: demo | folder | gldv2 | tfds | tfrecords.",
+    )
+    input_dir: str = setting(
+        "",
+        "For --source=folder: a folder with one subfolder per class (any nesting below it).",
+    )
+    name: str = setting("", "Dataset name; shards go to <output_dir>/<name>/. Default: the source.")
+    output_dir: str = setting("tf_records", "Parent folder of prepared datasets.")
+    val_fraction: float = setting(
+        0.2,
+        "Fraction of each class held out for validation (every class keeps >= 1 training image).",
+    )
+    seed: int = SEED()
+    max_image_side: int = setting(
+        800,
+        "Photos whose longer side exceeds this are downscaled before storing (0: keep size).",
+    )
+    images_per_shard: int = setting(1000, "Images per TFRecord shard.")
+    overwrite: bool = OVERWRITE()
+    num_workers: int = setting(0, "Processes writing shards in parallel; 0: one per CPU core.")
+    runner: str = setting(
+        "local",
+        "local (worker processes on this machine) | beam (the same shard writer as an Apache Beam"
+        " pipeline; DirectRunner unless --beam_options name another runner).",
+    )
+    beam_options: str = setting(
+        "",
+        "Apache Beam pipeline options for --runner=beam, e.g. '--runner=DataflowRunner "
+        "--project=P --region=R --temp_location=gs://B/tmp'.",
+    )
+    source_options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def build(cls, **values: Any) -> PrepareConfig:
+        """A PrepareConfig from flag names: its own fields, and the source's options
+        (which go into source_options), e.g. build(source="demo", demo_image_size=64)."""
+        return cls(**_prepare_values(cls(), values))
 
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
     """How prepared shards are read for training and evaluation."""
 
-    data_dir: str = ""
-    image_size: int = 0  # 0: the backbone's default size.
-    batch_size: int = 32
-    augment: str = "light"
-    mixing: str = "none"
-    balance: str = "none"  # none | class_weights | resample, for long-tailed subsets
-    shuffle_buffer: int = 2048
-    seed: int = 42
+    data_dir: str = setting("", "Prepared dataset folder (train-*/val-* shards).")
+    image_size: int = setting(0, "Model input side in pixels; 0: backbone default.")
+    batch_size: int = BATCH_SIZE()
+    augment: str = setting(
+        "light",
+        "Training augmentation policy: none | light | shift_jitter | randaugment.",
+    )
+    mixing: str = setting("none", "Mix training batches and their labels: none | mixup | cutmix.")
+    balance: str = setting(
+        "none",
+        "Long-tailed classes: none | class_weights (loss weights) | resample (balanced sampling).",
+    )
+    shuffle_buffer: int = setting(2048, "Examples in the shuffle buffer.")
+    seed: int = SEED()
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    """Which network: backbone + head."""
+    """Which network: backbone + head; the loss decides the head's last layer."""
 
-    backbone: str = "xception"
-    weights: str = "imagenet"  # imagenet | none | path to a weights file
-    head: str = "gap_dense512"
-    dense_units: int = 512
-    dropout: float = 0.3
-    bilinear_dim: int = 8192  # Tensor Sketch dimension of the bilinear heads
-    # The loss decides the head's last layer (lmrec.losses), so it is part of the model.
-    loss: str = "softmax"  # softmax | focal | arcface | subcenter_arcface
-    arcface_scale: float = 30.0  # s of the cosine classifier's logits s·cos θ
-    subcenters: int = 3  # weights per class, for --loss=subcenter_arcface
+    backbone: str = setting(
+        "xception",
+        "xception | inceptionv3 | resnet50 | efficientnetb7 | efficientnet_lite0|1|2 | squeezenet"
+        " | resnet18 | resnet34 | baseline, or any keras.applications model by its lower-case "
+        "class name (densenet201, mobilenetv2, efficientnetv2s, convnexttiny, ...).",
+    )
+    weights: str = setting(
+        "imagenet",
+        "imagenet (Keras download) | none (random init) | path to a Keras weights file.",
+    )
+    head: str = setting(
+        "gap_dense512",
+        "Classification head: gap_dense512 | bilinear | gem | spatial_attention | self_attention "
+        "| bilinear_self_attention.",
+    )
+    dense_units: int = setting(512, "Width of the head's hidden Dense layer.")
+    dropout: float = setting(0.3, "Dropout rate before the softmax layer.")
+    bilinear_dim: int = setting(
+        8192,
+        "Output dimension of compact bilinear pooling (Tensor Sketch) in the bilinear heads.",
+    )
+    loss: str = setting(
+        "softmax",
+        "Training loss: softmax (cross-entropy) | focal (down-weights easy examples, for long "
+        "tails) | arcface | subcenter_arcface (additive angular margin on a cosine classifier). "
+        "The model outputs softmax probabilities with every loss.",
+    )
+    arcface_scale: float = setting(
+        30.0,
+        "ArcFace scale s: the cosine classifier's logits are s*cos(angle), so s bounds them; "
+        "about 30 for tens to thousands of classes.",
+    )
+    subcenters: int = setting(
+        3,
+        "Weights per class for --loss=subcenter_arcface (each class scores its closest one); "
+        "--loss=arcface always has 1.",
+    )
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """The two-phase schedule and where its results go."""
 
-    model_dir: str = ""
-    epochs_frozen: int = 3
-    epochs_finetune: int = 5
-    lr_frozen: float = 1e-3
-    lr_finetune: float = 1e-4
-    lr_schedule: str = "cosine"  # per phase: constant | step | cosine | cosine_restarts
-    lr_step_epochs: float = 0.0  # step: epochs between drops; 0: drops at 1/3 and 2/3 of a phase
-    lr_decay_factor: float = 0.1  # step: the rate is multiplied by this at each drop
-    restart_epochs: float = 1.0  # cosine_restarts: length of the first cycle
-    restart_multiplier: float = 2.0  # cosine_restarts: each cycle is this many times longer
-    warmup_epochs: float = 0.0  # phase 2 starts with a linear warm-up from 0 over this many
-    layer_lr_ratio: float = 1.0  # phase 2: the backbone's first layer's rate / lr_finetune
-    optimizer: str = "adam"  # adam | adamw | rmsprop | sgd (Nesterov)
-    momentum: float = 0.9  # sgd's momentum
-    weight_decay: float = 0.0  # decoupled weight decay for adamw and sgd
-    ema_momentum: float = 0.0  # > 0: validate, checkpoint and export an EMA of the weights
-    select_epoch: str = "best"  # best (val accuracy) | last: the epoch evaluated and exported
-    unfreeze_from: str = ""  # "" unfreezes the whole backbone in phase 2.
-    freeze_layers: int = 0  # the first N backbone layers stay frozen in phase 2 (seed: 85)
-    strategy: str = "auto"  # auto | default | mirrored | multi_worker (TF_CONFIG) | tpu
-    lr_scaling: str = "none"  # none | linear | sqrt: rates x replicas (or its root)
-    sync_batchnorm: bool = True  # with > 1 replica, BatchNorm statistics over the global batch
-    mixed_precision: str = "none"  # none | auto (float16 on a GPU) | float16 | bfloat16
-    jit_compile: str = "auto"  # auto (Keras decides: never on CPU-only machines) | true | false
-    steps_per_epoch: int = 0  # 0: one pass over the training shards.
-    checkpoint_every_steps: int = 0  # resume checkpoints within epochs, every N steps (0: off)
-    checkpoint_every_seconds: float = 600.0  # ... and at least this often (0: off)
-    checkpoint_min_seconds: float = 60.0  # epoch ends save only if the last save is older
-    early_stopping_patience: int = 0  # 0: off; else epochs without improvement, per phase
-    early_stopping_metric: str = "val_accuracy"  # [val_]loss | [val_]accuracy | [val_]top5
-    tensorboard_images: int = 8  # validation photos drawn with their predictions ...
-    tensorboard_images_every: int = 5  # ... every N epochs and at each phase's end
-    # Phase 1 on the frozen backbone's cached features (lmrec.feature_cache).
-    cache_frozen_features: str = "auto"  # auto | on | off
-    feature_cache_passes: int = 2  # augmented passes cached; epoch e trains on pass e mod K
-    feature_cache_dir: str = ""  # "": in memory if it fits in half the free memory, else model_dir
-    label_smoothing: float = 0.1
-    arcface_margin: float = 0.5  # m, radians, added to the target angle (training only)
-    focal_gamma: float = 2.0
-    prepare_if_missing: bool = False
-    evaluate_after: bool = True
-    export_after: bool = True
+    model_dir: str = setting("", "Run folder: flags, labels, checkpoints, history, logs, report.")
+    epochs_frozen: int = setting(3, "Phase 1 epochs: head only, backbone frozen.")
+    epochs_finetune: int = setting(5, "Phase 2 epochs: backbone unfrozen.")
+    lr_frozen: float = setting(0.001, "Phase 1 learning rate.")
+    lr_finetune: float = setting(0.0001, "Phase 2 learning rate (lower, to keep features).")
+    lr_schedule: str = setting(
+        "cosine",
+        "Learning-rate schedule within each phase, from the phase's rate: constant | step (x "
+        "--lr_decay_factor every --lr_step_epochs) | cosine (decays to 0 by the phase's last "
+        "step) | cosine_restarts (SGDR: cosine cycles back to the peak, the first "
+        "--restart_epochs long, each next --restart_multiplier times longer).",
+    )
+    lr_step_epochs: float = setting(
+        0.0,
+        "For --lr_schedule=step: epochs between drops (fractions allowed); 0: drops at 1/3 and "
+        "2/3 of each phase.",
+    )
+    lr_decay_factor: float = setting(0.1, "For --lr_schedule=step: factor of each drop, in (0, 1].")
+    restart_epochs: float = setting(
+        1.0,
+        "For --lr_schedule=cosine_restarts: epochs of the first cycle (fractions allowed).",
+    )
+    restart_multiplier: float = setting(
+        2.0,
+        "For --lr_schedule=cosine_restarts: each cycle is this many times longer than the last "
+        "(>= 1).",
+    )
+    warmup_epochs: float = setting(
+        0.0,
+        "Phase 2 (fine-tuning, or all of a from-scratch run) first raises its rate linearly from "
+        "0 over this many epochs, then runs --lr_schedule over the rest; 0: no warm-up. Phase 1 "
+        "(a new head on a frozen backbone) needs none.",
+    )
+    layer_lr_ratio: float = setting(
+        1.0,
+        "Phase 2 discriminative learning rates (fastai's slice(lo, hi), layer-wise decay): the "
+        "backbone's first layer trains at this fraction of --lr_finetune, rising geometrically "
+        "with depth to the full rate at its top and in the head; in (0, 1], 1: one rate for all. "
+        "E.g. 0.03 with a 3x higher --lr_finetune.",
+    )
+    optimizer: str = setting(
+        "adam",
+        "adam | adamw | rmsprop | sgd (Nesterov, --momentum); a fresh one per phase.",
+    )
+    momentum: float = setting(0.9, "Momentum of --optimizer=sgd, in [0, 1).")
+    weight_decay: float = setting(
+        0.0,
+        "Decoupled weight decay for adamw, rmsprop and sgd (0: none).",
+    )
+    ema_momentum: float = setting(
+        0.0,
+        "If > 0 (e.g. 0.98), keep an exponential moving average of the weights and use it for "
+        "validation, checkpoints and export: steadier than the last step's weights.",
+    )
+    select_epoch: str = setting(
+        "best",
+        "Which epoch's weights are evaluated and exported: best (highest validation accuracy) or "
+        "last. With a small validation split, picking by it is noisy, and the last epoch of a "
+        "decayed schedule is often the better model.",
+    )
+    unfreeze_from: str = setting(
+        "",
+        "Phase 2 unfreezes the backbone from this layer name (or name prefix, e.g. block13) to "
+        "the top; empty: the whole backbone. BatchNorm of pretrained backbones stays frozen.",
+    )
+    freeze_layers: int = setting(
+        0,
+        "Phase 2 keeps the backbone's first N layers (backbone.layers[:N], as in Keras' "
+        "fine-tuning guide) frozen; 0: none. With --unfreeze_from, the later of the two starting "
+        "points wins.",
+    )
+    strategy: str = setting(
+        "auto",
+        "tf.distribute strategy: auto (mirrored over GPUs if any, else default) | default | "
+        "mirrored (all local GPUs) | multi_worker (MultiWorkerMirroredStrategy over the machines "
+        "in the TF_CONFIG environment variable; start the same command on each) | tpu "
+        "(Colab/Cloud TPU; data on gs://). --batch_size is per replica.",
+    )
+    lr_scaling: str = setting(
+        "none",
+        "How the learning rates follow the global batch (--batch_size x replicas): none | linear "
+        "(x replicas, Goyal et al.; for SGD) | sqrt (x sqrt(replicas); for Adam-type).",
+    )
+    sync_batchnorm: bool = setting(
+        True,
+        "With more than one replica, BatchNorm layers that train compute their batch statistics "
+        "over the global batch (all replicas and workers), so every worker ends with the same "
+        "moving statistics; false: each replica uses its own slice.",
+    )
+    mixed_precision: str = setting(
+        "none",
+        "Training precision: none (float32) | auto (float16 on a GPU, else float32) | float16 "
+        "(mixed_float16, loss scaling included) | bfloat16 (mixed_bfloat16: TPUs, recent GPUs and"
+        " CPUs with bfloat16 units; slow on most CPUs). Variables, softmax and loss stay float32;"
+        " evaluation and export run in float32.",
+    )
+    jit_compile: str = setting(
+        "auto",
+        "XLA compilation of the training step: auto (Keras decides; off on CPU-only machines) | "
+        "true | false. On CPU, XLA slows the EfficientNets several-fold (a warning says so).",
+    )
+    steps_per_epoch: int = setting(0, "Training steps per epoch; 0: one pass over the data.")
+    checkpoint_every_steps: int = setting(
+        0,
+        "Besides every epoch end, save the resume checkpoint (model_dir/resume: weights, "
+        "optimizer state, position) every N training steps; 0: off. A killed run started again "
+        "with the same command continues from the last one.",
+    )
+    checkpoint_every_seconds: float = setting(
+        600.0,
+        "Save the resume checkpoint within an epoch at least this often (seconds); 0: only at "
+        "epoch ends and per --checkpoint_every_steps.",
+    )
+    checkpoint_min_seconds: float = setting(
+        60.0,
+        "An epoch end saves the resume checkpoint (and best/last.weights.h5) only when the last "
+        "save is at least this old (seconds); a phase's last epoch always saves. Short epochs "
+        "then do not spend more time saving than training; a kill loses at most this much. 0: "
+        "every epoch end.",
+    )
+    early_stopping_patience: int = setting(
+        0,
+        "End a phase after this many epochs without improvement of --early_stopping_metric (phase"
+        " 1 then moves on to phase 2); 0: off. --select_epoch still picks the weights.",
+    )
+    early_stopping_metric: str = setting(
+        "val_accuracy",
+        "What --early_stopping_patience watches: val_accuracy | val_loss | val_top5, or the "
+        "training loss | accuracy | top5 (the val_ ones fall back to these without a val split).",
+    )
+    tensorboard_images: int = setting(
+        8,
+        "Validation photos drawn in TensorBoard (Images tab), titled with the true and predicted "
+        "class and its probability; 0: none.",
+    )
+    tensorboard_images_every: int = setting(
+        5,
+        "Draw the --tensorboard_images every N epochs and after each phase's last epoch (drawing "
+        "takes about half a second).",
+    )
+    cache_frozen_features: str = setting(
+        "auto",
+        "Phase 1 on cached features: the frozen backbone runs once over the images (or "
+        "--feature_cache_passes augmented passes) and the head trains on its stored outputs: auto"
+        " (when that is exact and saves time; the run says why not otherwise) | on (an error if "
+        "it cannot be exact, e.g. with --mixing) | off. Phase 2 always reads images.",
+    )
+    feature_cache_passes: int = setting(
+        2,
+        "With --augment other than none: augmented passes over the training images that phase 1's"
+        " cache holds (at most --epochs_frozen); epoch e trains on pass e mod this. More passes "
+        "keep more of the augmentation and cost one backbone pass each.",
+    )
+    feature_cache_dir: str = setting(
+        "",
+        "Where phase 1's cached features go: empty keeps them in memory if they fit in half the "
+        "free memory, else in a folder in --model_dir; a folder puts them on disk there. Files "
+        "are deleted when phase 1 ends.",
+    )
+    label_smoothing: float = setting(
+        0.1,
+        "Label smoothing of the cross-entropy (of every --loss), in [0, 1).",
+    )
+    arcface_margin: float = setting(
+        0.5,
+        "ArcFace additive angular margin m in radians, in [0, pi/2): training makes the true "
+        "class win by m in angle. 0 is softmax cross-entropy on the cosine logits.",
+    )
+    focal_gamma: float = setting(
+        2.0,
+        "Focal loss exponent: each example's loss is scaled by (1 - p_true)^gamma; 0 is the "
+        "cross-entropy.",
+    )
+    prepare_if_missing: bool = setting(
+        False,
+        "If data_dir holds no shards, run lmrec.prepare with this config's prepare flags first.",
+    )
+    evaluate_after: bool = setting(
+        True,
+        "Evaluate the best model after training (on --data if given, else the val split).",
+    )
+    export_after: bool = setting(True, "Export a SavedModel after training.")
 
 
 @dataclasses.dataclass(frozen=True)
 class ExportConfig:
     """Where and how the SavedModel for TF Serving is written."""
 
-    export_dir: str = "export"
-    model_name: str = ""  # "": the model_dir's folder name.
-    version: int = 0  # 0: one more than the newest existing version.
-    top_k: int = 5
-    tflite: str = ""  # comma-separated: float32,float16,int8 ("": no TFLite files)
-    tflite_check_images: int = 64  # held-out images each TFLite file is compared on
+    export_dir: str = setting("export", "Parent of <model_name>/<version>/ SavedModels.")
+    model_name: str = setting("", "TF Serving model name; default: the model_dir's folder name.")
+    version: int = setting(0, "Export version; 0: next free number. Never overwrites.")
+    top_k: int = TOP_K()
+    tflite: str = setting(
+        "",
+        "For lmrec.export: also write TFLite files, comma-separated: float32,float16,int8 "
+        "(dynamic-range), to <export_dir>/<model_name>_tflite/<version>/; each is checked against"
+        " the SavedModel on held-out images (--data, default: the validation shards). Empty: "
+        "none.",
+    )
+    tflite_check_images: int = setting(
+        64,
+        "For --tflite: how many held-out images each TFLite file is compared on.",
+    )
 
 
 @dataclasses.dataclass(frozen=True)
 class EvaluateConfig:
     """What lmrec.evaluate (and the evaluation at the end of training) measures on."""
 
-    data: str = ""  # "": the validation shards the model was trained with.
-    distractors: str = ""  # a folder of photos without landmarks
-    reject_threshold: float = 0.0  # top probability below which the answer is "no landmark"
-    cam_crop: bool = False  # also classify the Grad-CAM crop and report its effect
+    data: str = setting(
+        "",
+        "What to evaluate on: a prepared dataset folder (its val shards), a glob of shards, or an"
+        " image folder with one subfolder per class. Default: the validation shards used in "
+        "training.",
+    )
+    distractors: str = setting(
+        "",
+        "For lmrec.evaluate: a folder of photos without landmarks (people, gear, indoor shots), "
+        "evaluated as non-landmark queries: GAP is reported with and without them.",
+    )
+    reject_threshold: float = setting(
+        0.0,
+        "Answer 'no landmark' when the top probability is below this (0: never). Stored with the "
+        "model by lmrec.train; lmrec.evaluate --reject_threshold overrides it.",
+    )
+    cam_crop: bool = setting(
+        False,
+        "For lmrec.evaluate: also crop each photo to its Grad-CAM region, classify the crop and "
+        "report accuracy and GAP of the whole photo, the crop and their mean.",
+    )
 
 
 @dataclasses.dataclass(frozen=True)
 class PredictConfig:
     """How lmrec.predict tags photos."""
 
-    model: str = ""
-    output: str = "tags.csv"
-    top_k: int = 5
-    batch_size: int = 32
-    min_score: float = 0.0  # labels scoring below this are not written (CSV, JSON or XMP)
-    xmp: bool = False  # write an XMP sidecar per photo with the landmark as a keyword
-    engine: str = "auto"  # auto | savedmodel | tflite | tflite-int8 (files beside the export)
-    # What one photo may cost (lmrec.data.images; prepare reads with the same defaults).
-    max_file_mb: int = 128  # larger files are refused from their size, unread
-    max_megapixels: int = 100  # pixels decoded (after a JPEG's DCT scaling), from the header
-    decode_memory_mb: int = 512  # estimated memory of the photos decoding at once
+    model: str = setting(
+        "",
+        "An export folder (SavedModel, or its parent of versions) or a training model_dir.",
+    )
+    output: str = setting(
+        "tags.csv",
+        "Where predict writes tags: a .csv or .json path. An existing one is resumed: photos "
+        "already tagged in it are skipped.",
+    )
+    top_k: int = TOP_K()
+    batch_size: int = BATCH_SIZE()
+    min_score: float = setting(
+        0.0,
+        "Labels scoring below this are left out of the output and the XMP sidecars; a photo whose"
+        " best label is below it gets an empty label.",
+    )
+    xmp: bool = setting(
+        False,
+        "Write an XMP sidecar beside each tagged photo with the landmark as a keyword (existing "
+        "sidecars are kept and extended; photos are never modified).",
+    )
+    engine: str = setting(
+        "auto",
+        "On an export: savedmodel (its serving_images signature) | tflite (the float32 file "
+        "lmrec.export --tflite=float32 wrote beside it) | tflite-int8 (the int8 file: faster for "
+        "big backbones, probabilities slightly off) | auto (tflite when that file exists: as fast"
+        " or faster on every measured backbone).",
+    )
+    max_file_mb: int = setting(
+        images.MAX_FILE_MB,
+        "A photo file larger than this many MiB fails unread (its size alone decides, so a huge "
+        "or sparse file costs nothing).",
+    )
+    max_megapixels: int = setting(
+        images.MAX_MEGAPIXELS,
+        "A photo that would decode to more pixels than this (a JPEG counted after DCT scaling) "
+        "fails from its header, before any pixel is decoded.",
+    )
+    decode_memory_mb: int = setting(
+        images.DECODE_MEMORY_MB,
+        "MiB the photos decoding at once may take together (estimated from each header); a photo "
+        "whose estimate alone exceeds it fails, the others wait their turn.",
+    )
 
 
 @dataclasses.dataclass(frozen=True)
 class GradcamConfig:
     """What lmrec.gradcam explains and where its pictures go."""
 
-    class_name: str = ""  # "": each photo's predicted class.
-    gradcam_dir: str = ""  # "": <model_dir>/gradcam
+    class_name: str = setting(
+        "",
+        "Explain this class for every photo; default: each photo's predicted class.",
+    )
+    gradcam_dir: str = setting("", "Where PNGs go; default model_dir/gradcam.")
 
 
 @dataclasses.dataclass(frozen=True)
 class CompareConfig:
     """What lmrec.compare trains side by side (each entry is a flagfile plus overrides)."""
 
-    models: str = ""  # comma-separated: "a.cfg,a.cfg --head=gem,b.cfg --loss=arcface"
-    compare_dir: str = "runs/compare"
+    models: str = setting(
+        "",
+        "Comma-separated entries, each a flagfile optionally followed by space-separated "
+        "overrides, e.g. 'configs/recipes/lite0_transfer.cfg --head=gem'.",
+    )
+    compare_dir: str = setting("runs/compare", "Where its runs and table go.")
 
 
 @dataclasses.dataclass(frozen=True)
 class LrFindConfig:
     """The learning-rate range test of lmrec.lr_find."""
 
-    lr_find_phase: str = "finetune"  # frozen | finetune: which phase's rate to find
-    lr_find_min: float = 1e-7
-    lr_find_max: float = 1.0
-    lr_find_steps: int = 100
-    lr_find_dir: str = ""  # "": --model_dir
+    lr_find_phase: str = setting(
+        "finetune",
+        "Frozen (suggests --lr_frozen) | finetune (suggests --lr_finetune; phase 1 trains first, "
+        "as in lmrec.train).",
+    )
+    lr_find_min: float = setting(1e-07, "The first learning rate tried.")
+    lr_find_max: float = setting(1.0, "The last learning rate tried.")
+    lr_find_steps: int = setting(
+        100,
+        "Training steps, one per rate, spaced geometrically from --lr_find_min to --lr_find_max "
+        "(the test stops early once the loss diverges).",
+    )
+    lr_find_dir: str = setting("", "Where lr_find.png/json go; default: --model_dir.")
+
+
+@dataclasses.dataclass(frozen=True)
+class CopyConfigsConfig:
+    """Where lmrec.copy_configs puts the flagfiles lmrec ships."""
+
+    project_dir: str = setting(
+        ".",
+        "The folder you run lmrec from: the configs go to its configs/ subfolder (they "
+        "include each other as configs/...).",
+    )
+    overwrite: bool = OVERWRITE()
+
+
+@dataclasses.dataclass(frozen=True)
+class CommandConfig:
+    """What every `python -m lmrec.<stage>` command accepts."""
+
+    quiet: bool = setting(
+        False,
+        "Show only warnings, errors and the command's result, no progress messages.",
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -207,10 +514,16 @@ class ExperimentConfig:
     export: ExportConfig = ExportConfig()
 
     def replace(self, **sections: Any) -> ExperimentConfig:
-        """Returns a copy with some fields changed, e.g. replace(train={"epochs_frozen": 1})."""
+        """Returns a copy with some fields changed, e.g. replace(train={"epochs_frozen": 1}).
+
+        In prepare, a name that is not a PrepareConfig field is an option of the
+        source: replace(prepare={"source": "demo", "demo_images_per_class": 5}).
+        """
         changed = {}
         for section, values in sections.items():
             current = getattr(self, section)
+            if section == "prepare":
+                values = _prepare_values(current, values)
             changed[section] = dataclasses.replace(current, **values)
         return dataclasses.replace(self, **changed)
 
@@ -226,7 +539,7 @@ class ExperimentConfig:
         sections = {}
         for field in dataclasses.fields(cls):
             sections[field.name] = _section_from_mapping(
-                _SECTIONS[field.name], values.get(field.name, {})
+                SECTIONS[field.name], values.get(field.name, {})
             )
         unknown = set(values) - set(sections)
         if unknown:
@@ -236,15 +549,18 @@ class ExperimentConfig:
         return cls(**sections)
 
     def to_flagfile(self) -> str:
-        """Renders the config as absl flagfile lines (one --name=value per field)."""
+        """Renders the config as absl flagfile lines (one --name=value per setting)."""
         seen: dict[str, Any] = {}
         for section in dataclasses.fields(self):
-            for name, value in dataclasses.asdict(getattr(self, section.name)).items():
-                seen.setdefault(name, value)
+            values = getattr(self, section.name)
+            for field in settings.flag_fields(type(values)):
+                seen.setdefault(field.name, getattr(values, field.name))
+        for name, value in self.prepare.source_options.items():
+            seen.setdefault(name, value)
         return "".join(f"--{name}={_flag_value(value)}\n" for name, value in seen.items())
 
 
-_SECTIONS = {
+SECTIONS = {
     "prepare": PrepareConfig,
     "data": DataConfig,
     "model": ModelConfig,
@@ -253,17 +569,22 @@ _SECTIONS = {
     "export": ExportConfig,
 }
 
+# Each data source's own settings (lmrec.data.sources), part of the prepare section.
+SOURCE_OPTION_CLASSES = tuple(spec.options for _, spec in SOURCES.items())
+
+# The settings lmrec.train reads: every section, and every source's options (for
+# --prepare_if_missing).
+EXPERIMENT_CLASSES = (*SECTIONS.values(), *SOURCE_OPTION_CLASSES)
+
+# Every class whose fields are lmrec flags; a flagfile may hold any of them.
 ALL_CONFIG_CLASSES = (
-    PrepareConfig,
-    DataConfig,
-    ModelConfig,
-    TrainConfig,
-    ExportConfig,
-    EvaluateConfig,
+    *EXPERIMENT_CLASSES,
     PredictConfig,
+    GradcamConfig,
     CompareConfig,
     LrFindConfig,
-    GradcamConfig,
+    CopyConfigsConfig,
+    CommandConfig,
 )
 
 
@@ -271,6 +592,18 @@ def _flag_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)
+
+
+def _prepare_values(current: PrepareConfig, values: Mapping[str, Any]) -> dict[str, Any]:
+    """replace()'s prepare values with source options moved into source_options."""
+    own = {field.name for field in dataclasses.fields(PrepareConfig)}
+    result = {name: value for name, value in values.items() if name in own}
+    options = {name: value for name, value in values.items() if name not in own}
+    if options or "source_options" not in result:
+        same_source = result.get("source", current.source) == current.source
+        kept = dict(current.source_options) if same_source else {}
+        result["source_options"] = {**kept, **result.get("source_options", {}), **options}
+    return result
 
 
 def _section_from_mapping(section_cls: type, values: Mapping[str, Any]):
@@ -283,36 +616,48 @@ def _section_from_mapping(section_cls: type, values: Mapping[str, Any]):
     return section_cls(**values)
 
 
-def field_default(section_cls: type, name: str) -> Any:
-    """The default of one field; lmrec.flags uses it so defaults live in one place."""
-    for field in dataclasses.fields(section_cls):
-        if field.name == name:
-            return field.default
-    raise KeyError(f"{section_cls.__name__} has no field {name!r}")
+def from_flags(section_cls: type, flag_values: absl_flags.FlagValues) -> Any:
+    """Builds one config dataclass from parsed absl flag values (same names).
+
+    For PrepareConfig, source_options gets the chosen source's options.
+    """
+    if section_cls is PrepareConfig:
+        return settings.values(
+            PrepareConfig, flag_values, source_options=_source_options(flag_values)
+        )
+    return settings.values(section_cls, flag_values)
 
 
-def from_flags(section_cls: type, flag_values) -> Any:
-    """Builds one config dataclass from parsed absl flag values (same names)."""
-    return section_cls(
-        **{f.name: flag_values[f.name].value for f in dataclasses.fields(section_cls)}
-    )
+def _source_options(flag_values: absl_flags.FlagValues) -> dict[str, Any]:
+    """The chosen --source's options from flags; {} for an unknown source, which
+    lmrec.data.sources reports when the source is opened."""
+    source = flag_values["source"].value
+    if source not in SOURCES:
+        return {}
+    options_class = SOURCES.get(source).options
+    return {
+        field.name: flag_values[field.name].value for field in dataclasses.fields(options_class)
+    }
 
 
-def experiment_from_flags(flag_values) -> ExperimentConfig:
+def experiment_from_flags(flag_values: absl_flags.FlagValues) -> ExperimentConfig:
     """Builds the ExperimentConfig lmrec.train runs from parsed absl flags."""
     return ExperimentConfig(
-        **{name: from_flags(cls, flag_values) for name, cls in _SECTIONS.items()}
+        **{name: from_flags(cls, flag_values) for name, cls in SECTIONS.items()}
     )
 
 
 def experiment_from_flagfile(path: str, *overrides: str) -> ExperimentConfig:
     """Reads an absl flagfile (plus "--name=value" overrides) without touching global FLAGS.
 
-    For notebooks: experiment_from_flagfile("configs/demo.cfg", "--epochs_finetune=2").
+    Flags of other commands in the file (e.g. predict's --output) are accepted and
+    ignored. For notebooks:
+        experiment_from_flagfile("configs/demo.cfg", "--epochs_finetune=2").
     """
-    from lmrec import flags as lmrec_flags
-
-    return experiment_from_flags(lmrec_flags.parse([f"--flagfile={path}", *overrides]))
+    fields = [f for cls in EXPERIMENT_CLASSES for f in settings.flag_fields(cls)]
+    others = settings.flag_names(ALL_CONFIG_CLASSES) - settings.flag_names(EXPERIMENT_CLASSES)
+    flag_values = settings.parse([f"--flagfile={path}", *overrides], fields, others)
+    return experiment_from_flags(flag_values)
 
 
 def load_experiment(path: str) -> ExperimentConfig:

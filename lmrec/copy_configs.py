@@ -12,29 +12,12 @@ has edited is kept unless --overwrite; each copy is written atomically.
 
 from __future__ import annotations
 
-import importlib.resources
 import os
-from pathlib import Path
 
-from lmrec import atomic
+from absl import flags
 
-PACKAGE = "lmrec.bundled_configs"
-FOLDER = "configs"  # the name the flagfiles use for each other
-
-
-def bundled_dir() -> Path:
-    """The shipped configs: the installed package data, or the source tree's configs/ when
-    lmrec runs from a checkout that was never installed (PYTHONPATH=.)."""
-    try:
-        return Path(str(importlib.resources.files(PACKAGE)))
-    except ModuleNotFoundError:
-        return Path(__file__).resolve().parent.parent / FOLDER
-
-
-def bundled_files() -> list[str]:
-    """Relative paths of every shipped flagfile (e.g. "recipes/lite0_transfer.cfg")."""
-    root = bundled_dir()
-    return sorted(str(path.relative_to(root)) for path in root.rglob("*.cfg"))
+from lmrec import atomic, cli, config
+from lmrec.shipped_configs import FOLDER, bundled_dir, bundled_files
 
 
 def copy_configs(project_dir: str, overwrite: bool = False) -> dict[str, list[str]]:
@@ -62,38 +45,11 @@ def copy_configs(project_dir: str, overwrite: bool = False) -> dict[str, list[st
     return outcome
 
 
-def missing_flagfile_hint(argv: list[str]) -> str | None:
-    """For a command line whose --flagfile does not exist, the message to show instead of
-    absl's (which does not say where lmrec's configs are); None when every one exists."""
-    for index, arg in enumerate(argv):
-        name, equals, value = arg.partition("=")
-        if name not in ("--flagfile", "-flagfile"):  # absl's spellings
-            continue
-        if not equals:
-            if index + 1 == len(argv):
-                continue  # absl reports the missing value
-            value = argv[index + 1]
-        path = os.path.expanduser(value)  # as absl does
-        if not path or os.path.exists(path):
-            continue
-        message = f"no flagfile at {path} (relative to {os.getcwd()})"
-        relative = Path(path).as_posix()
-        prefix = f"{FOLDER}/"
-        if relative.startswith(prefix) and relative[len(prefix) :] in bundled_files():
-            message += (
-                f". {relative} is one of lmrec's configs: run `python -m lmrec.copy_configs` "
-                "here to copy them into ./configs, then run this command again"
-            )
-        return message
-    return None
-
-
 def main(argv: list[str]) -> int:
-    from absl import flags
-
-    project_dir = flags.FLAGS.project_dir
+    settings = config.from_flags(config.CopyConfigsConfig, flags.FLAGS)
+    project_dir = settings.project_dir
     dest = os.path.join(project_dir, FOLDER)
-    outcome = copy_configs(project_dir, overwrite=flags.FLAGS.overwrite)
+    outcome = copy_configs(project_dir, overwrite=settings.overwrite)
     for relative in outcome["kept"]:
         print(
             f"kept {os.path.join(dest, relative)}: differs from lmrec's (--overwrite replaces it)"
@@ -108,18 +64,7 @@ def main(argv: list[str]) -> int:
 
 
 def run() -> None:
-    from absl import flags
-
-    from lmrec import cli
-
-    flags.DEFINE_string(
-        "project_dir",
-        ".",
-        "The folder you run lmrec from: the configs go to its configs/ subfolder (they "
-        "include each other as configs/...).",
-    )
-    flags.DEFINE_bool("overwrite", False, "Replace configs there that differ from lmrec's.")
-    cli.run_stage(main, positional=False)
+    cli.run_stage("copy_configs", main, positional=False)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ import keras
 import tensorflow as tf
 
 from lmrec.errors import UserError
+from lmrec.registry import Registry
 
 
 def _auto() -> tf.distribute.Strategy:
@@ -97,23 +98,21 @@ def _tpu() -> tf.distribute.Strategy:
     return tf.distribute.TPUStrategy(resolver)
 
 
-STRATEGIES: dict[str, Callable[[], tf.distribute.Strategy]] = {
-    "auto": _auto,
-    "default": tf.distribute.get_strategy,
-    "mirrored": _mirrored,
-    "multi_worker": _multi_worker,
-    "tpu": _tpu,
-}
+STRATEGIES: Registry[Callable[[], tf.distribute.Strategy]] = Registry(
+    "strategy",
+    {
+        "auto": _auto,
+        "default": tf.distribute.get_strategy,
+        "mirrored": _mirrored,
+        "multi_worker": _multi_worker,
+        "tpu": _tpu,
+    },
+)
 
 
 def get_factory(name: str) -> Callable[[], tf.distribute.Strategy]:
     """Looks up a strategy by name; an unknown name raises UserError listing the valid ones."""
-    try:
-        return STRATEGIES[name]
-    except KeyError:
-        raise UserError(
-            f"Unknown --strategy={name!r}; valid strategies: {', '.join(sorted(STRATEGIES))}"
-        ) from None
+    return STRATEGIES.get(name)
 
 
 def get_strategy(name: str) -> tf.distribute.Strategy:
@@ -180,7 +179,18 @@ def shard_across_workers(dataset: tf.data.Dataset, num_files: int, strategy) -> 
     return dataset.with_options(options)
 
 
-LR_SCALING = ("none", "linear", "sqrt")
+# --lr_scaling -> factor on the learning rates for a given number of replicas.
+# linear: Goyal et al. 2017 (ImageNet in 1 hour), for SGD; sqrt: the usual rule
+# for Adam-type optimizers (Krizhevsky 2014, Hoffer et al. 2017).
+LR_SCALING: Registry[Callable[[int], float]] = Registry(
+    "learning-rate scaling",
+    {
+        "none": lambda replicas: 1.0,
+        "linear": float,
+        "sqrt": math.sqrt,
+    },
+    flag="lr_scaling",
+)
 
 
 def global_batch_size(batch_size: int, strategy: tf.distribute.Strategy) -> int:
@@ -191,19 +201,10 @@ def global_batch_size(batch_size: int, strategy: tf.distribute.Strategy) -> int:
 def lr_scale(scaling: str, replicas: int) -> float:
     """Factor on the learning rates for a global batch `replicas` times --batch_size.
 
-    linear: Goyal et al. 2017 (ImageNet in 1 hour), for SGD; sqrt: the usual rule
-    for Adam-type optimizers (Krizhevsky 2014, Hoffer et al. 2017).
-
     Raises:
-      UserError: an unknown --lr_scaling.
+      UserError: an unknown --lr_scaling (see LR_SCALING).
     """
-    if scaling == "none":
-        return 1.0
-    if scaling == "linear":
-        return float(replicas)
-    if scaling == "sqrt":
-        return math.sqrt(replicas)
-    raise UserError(f"Unknown --lr_scaling={scaling!r}; valid: {', '.join(LR_SCALING)}")
+    return float(LR_SCALING.get(scaling)(replicas))
 
 
 def sync_batchnorm(model: keras.Model, strategy: tf.distribute.Strategy) -> int:

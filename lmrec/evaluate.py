@@ -25,9 +25,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import tensorflow as tf
+from absl import flags
 from tqdm import tqdm
 
-from lmrec import atomic, gradcam, metrics, plots, report, run_files, run_lock
+from lmrec import atomic, cli, config, gradcam, metrics, plots, report, run_files, run_lock
 from lmrec.data import held_out
 from lmrec.errors import UserError
 
@@ -422,13 +423,9 @@ def _write_predictions(path, found: Predictions, names, threshold: float) -> Non
 
 
 def main(argv: list[str]) -> int:
-    from absl import flags
-
-    from lmrec import config as config_lib
-
-    model_dir = config_lib.from_flags(config_lib.TrainConfig, flags.FLAGS).model_dir
-    settings = config_lib.from_flags(config_lib.EvaluateConfig, flags.FLAGS)
-    batch_size = config_lib.from_flags(config_lib.DataConfig, flags.FLAGS).batch_size
+    model_dir = flags.FLAGS.model_dir
+    settings = config.from_flags(config.EvaluateConfig, flags.FLAGS)
+    batch_size = flags.FLAGS.batch_size
     threshold = settings.reject_threshold if flags.FLAGS["reject_threshold"].present else None
     evaluate(
         model_dir,
@@ -442,9 +439,7 @@ def main(argv: list[str]) -> int:
 
 
 def run() -> None:
-    from lmrec import cli, flags  # noqa: F401 - defines the flags.
-
-    cli.run_stage(main, positional=False)
+    cli.run_stage("evaluate", main, positional=False)
 
 
 if __name__ == "__main__":

@@ -62,9 +62,18 @@ from lmrec.config import ExperimentConfig
 from lmrec.data import pipeline
 from lmrec.errors import UserError
 from lmrec.models import backbones, pooling
+from lmrec.registry import Registry
 
-# --cache_frozen_features
-CACHE_MODES = ("auto", "on", "off")
+# --cache_frozen_features: whether phase 1 trains on cached features.
+CACHE_MODES = Registry(
+    "feature cache mode",
+    {
+        "auto": "when the cache is exact and saves time",
+        "on": "always; an error where the cache would not be exact",
+        "off": "never",
+    },
+    flag="cache_frozen_features",
+)
 # An in-memory cache may take this share of the free memory; a larger one goes to disk.
 MEMORY_FRACTION = 0.5
 # Head layers that may run once, before training: no trainable weights, no randomness, the
@@ -85,11 +94,7 @@ def check(config: ExperimentConfig) -> None:
       UserError: naming the flag.
     """
     train = config.train
-    if train.cache_frozen_features not in CACHE_MODES:
-        raise UserError(
-            f"Unknown --cache_frozen_features={train.cache_frozen_features!r}; "
-            f"valid: {', '.join(CACHE_MODES)}"
-        )
+    CACHE_MODES.get(train.cache_frozen_features)
     if train.feature_cache_passes < 1:
         raise UserError(f"--feature_cache_passes must be >= 1, got {train.feature_cache_passes}")
 

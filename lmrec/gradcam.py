@@ -28,9 +28,10 @@ from dataclasses import dataclass
 import keras
 import numpy as np
 import tensorflow as tf
+from absl import flags
 from tqdm import tqdm
 
-from lmrec import photo_archive, plots, run_files
+from lmrec import cli, config, photo_archive, plots, run_files
 from lmrec.data import pipeline
 from lmrec.errors import UserError
 
@@ -396,20 +397,14 @@ def _panels(explanation: Explanation) -> dict:
 
 
 def main(argv: list[str]) -> int:
-    from absl import flags
-
-    from lmrec import config as config_lib
-
-    model_dir = config_lib.from_flags(config_lib.TrainConfig, flags.FLAGS).model_dir
-    settings = config_lib.from_flags(config_lib.GradcamConfig, flags.FLAGS)
+    model_dir = flags.FLAGS.model_dir
+    settings = config.from_flags(config.GradcamConfig, flags.FLAGS)
     result = explain_photos(model_dir, argv[1:], settings.gradcam_dir, settings.class_name)
     return 1 if result.failures or not result.explanations else 0
 
 
 def run() -> None:
-    from lmrec import cli, flags  # noqa: F401 - defines the flags.
-
-    cli.run_stage(main, positional=True)
+    cli.run_stage("gradcam", main, positional=True)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from keras.src.backend.common.symbolic_scope import in_symbolic_scope
 
 from lmrec.config import ExperimentConfig, ModelConfig
 from lmrec.errors import UserError
+from lmrec.registry import Registry
 
 
 def logits_of(probabilities):
@@ -166,32 +167,25 @@ def _arcface(config: ExperimentConfig) -> keras.losses.Loss:
     )
 
 
-LOSSES: dict[str, LossSpec] = {
-    "softmax": LossSpec(_softmax),
-    "focal": LossSpec(_focal),
-    "arcface": LossSpec(_arcface, cosine=True),
-    "subcenter_arcface": LossSpec(_arcface, cosine=True, subcenters=True),
-}
-
-
-def get_spec(name: str) -> LossSpec:
-    """Looks up a loss; an unknown name raises UserError listing the valid ones."""
-    try:
-        return LOSSES[name]
-    except KeyError:
-        raise UserError(
-            f"Unknown --loss={name!r}; valid losses: {', '.join(sorted(LOSSES))}"
-        ) from None
+LOSSES: Registry[LossSpec] = Registry(
+    "loss",
+    {
+        "softmax": LossSpec(_softmax),
+        "focal": LossSpec(_focal),
+        "arcface": LossSpec(_arcface, cosine=True),
+        "subcenter_arcface": LossSpec(_arcface, cosine=True, subcenters=True),
+    },
+)
 
 
 def subcenters(config: ModelConfig) -> int:
     """Weights per class of the head's CosineClassifier for config.loss."""
-    return config.subcenters if get_spec(config.loss).subcenters else 1
+    return config.subcenters if LOSSES.get(config.loss).subcenters else 1
 
 
 def check_model(config: ModelConfig) -> None:
     """Raises UserError for an unknown --loss or a bad --arcface_scale or --subcenters."""
-    get_spec(config.loss)
+    LOSSES.get(config.loss)
     if not config.arcface_scale > 0:
         raise UserError(f"--arcface_scale must be positive, got {config.arcface_scale}")
     if config.subcenters < 1:
@@ -213,4 +207,4 @@ def check(config: ExperimentConfig) -> None:
 def build(config: ExperimentConfig) -> keras.losses.Loss:
     """The loss for config.model.loss, after checking its settings."""
     check(config)
-    return get_spec(config.model.loss).build(config)
+    return LOSSES.get(config.model.loss).build(config)

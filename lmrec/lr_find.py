@@ -20,23 +20,26 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 from dataclasses import dataclass
 
 import keras
 import numpy as np
+from absl import flags
 
-from lmrec import atomic, distribute, performance, plots, run_lock, train
+from lmrec import atomic, cli, console, distribute, plots, run_lock, training
+from lmrec import config as config_lib
 from lmrec.config import ExperimentConfig, LrFindConfig
-from lmrec.data import prepare, records
 from lmrec.errors import UserError
-from lmrec.models import backbones, classifier
+from lmrec.registry import Registry
 
 PNG_FILE = "lr_find.png"
 JSON_FILE = "lr_find.json"
 SMOOTHING = 0.98  # the exponential moving average of the loss, as in fastai's finder
 DIVERGENCE = 4.0  # stop once the smoothed loss exceeds this many times its best
-PHASES = {"frozen": "lr_frozen", "finetune": "lr_finetune"}  # phase -> the flag it suggests
+# --lr_find_phase: the phase tested -> the flag whose rate it suggests.
+PHASES = Registry(
+    "lr_find phase", {"frozen": "lr_frozen", "finetune": "lr_finetune"}, flag="lr_find_phase"
+)
 
 
 @dataclass
@@ -56,15 +59,12 @@ class LrFindResult:
     @property
     def flag(self) -> str:
         """The suggestion as the flag to pass to lmrec.train, e.g. --lr_finetune=0.0003."""
-        return f"--{PHASES[self.phase]}={self.suggestion:.2g}"
+        return f"--{PHASES.get(self.phase)}={self.suggestion:.2g}"
 
 
 def check(settings: LrFindConfig) -> None:
     """Raises UserError naming the first bad --lr_find_* flag."""
-    if settings.lr_find_phase not in PHASES:
-        raise UserError(
-            f"Unknown --lr_find_phase={settings.lr_find_phase!r}; valid: {', '.join(PHASES)}"
-        )
+    PHASES.get(settings.lr_find_phase)
     if settings.lr_find_min <= 0:
         raise UserError(f"--lr_find_min must be > 0, got {settings.lr_find_min}")
     if settings.lr_find_max <= settings.lr_find_min:
@@ -115,10 +115,9 @@ class _RangeTest(keras.callbacks.Callback):
     reports a running mean). The rate recorded is read back from the optimizer.
     """
 
-    def __init__(self, rates: np.ndarray, verbose: bool):
+    def __init__(self, rates: np.ndarray):
         super().__init__()
         self.rates = rates
-        self.verbose = verbose
         self.learning_rates: list[float] = []
         self.losses: list[float] = []
         self.smoothed: list[float] = []
@@ -138,11 +137,10 @@ class _RangeTest(keras.callbacks.Callback):
         self.losses.append(loss)
         self.smoothed.append(smoothed)
         self._best = min(self._best, smoothed)
-        if self.verbose and (epoch + 1) % 10 == 0:
-            print(
+        if (epoch + 1) % 10 == 0:
+            console.say(
                 f"  step {epoch + 1}/{len(self.rates)}: rate {rate:.2g}, smoothed loss "
-                f"{smoothed:.4g}",
-                file=sys.stderr,
+                f"{smoothed:.4g}"
             )
         if not math.isfinite(smoothed) or smoothed > DIVERGENCE * self._best:
             self.model.stop_training = True
@@ -154,7 +152,8 @@ def lr_find(config: ExperimentConfig, settings: LrFindConfig, verbose: bool = Tr
     Args:
       config: the experiment whose rate is wanted (data, model, optimizer, batch size...).
       settings: the phase and the range of rates.
-      verbose: progress and the suggestion on stderr.
+      verbose: progress and the suggestion on stderr; False is lmrec.console's quiet
+        mode for this call.
 
     Returns:
       The rates and losses recorded and the suggestion.
@@ -163,37 +162,29 @@ def lr_find(config: ExperimentConfig, settings: LrFindConfig, verbose: bool = Tr
       UserError: a bad flag, no output folder, or no prepared data.
     """
     check(settings)
-    train.validate(config)
+    training.validate(config)
     out_dir = settings.lr_find_dir or config.train.model_dir
     if not out_dir:
         raise UserError("--lr_find_dir or --model_dir is required (where lr_find.png goes)")
     what = "lr_find_dir" if settings.lr_find_dir else "model_dir"
-    with run_lock.folder(out_dir, what, "--lr_find_dir", verbose):
-        return _range_test(config, settings, out_dir, verbose)
+    with console.quiet(console.is_quiet() or not verbose):
+        with run_lock.folder(out_dir, what, "--lr_find_dir", not console.is_quiet()):
+            return _range_test(config, settings, out_dir)
 
 
-def _range_test(
-    config: ExperimentConfig, settings: LrFindConfig, out_dir: str, verbose: bool
-) -> LrFindResult:
+def _range_test(config: ExperimentConfig, settings: LrFindConfig, out_dir: str) -> LrFindResult:
     """lr_find()'s work, done while holding out_dir's lock."""
-    data_dir = train.ensure_data(config, verbose)
-    num_classes = len(records.read_labels(data_dir))
-    stats = prepare.read_stats(data_dir)
-    image_size = backbones.resolve_image_size(config.model.backbone, config.data.image_size)
-    config = config.replace(data={"data_dir": data_dir, "image_size": image_size})
-    train_data, _, steps_per_epoch = train.datasets(config, stats, num_classes)
+    config, labels, stats = training.resolve_data(config)
+    num_classes = len(labels)
+    train_data, _, steps_per_epoch = training.datasets(config, stats, num_classes)
 
-    keras.utils.set_random_seed(config.data.seed)
     strategy = distribute.get_strategy(config.train.strategy)
-    policy = performance.dtype_policy_name(config.train.mixed_precision)
-    with strategy.scope(), performance.dtype_policy(policy):
-        model = classifier.build_classifier(config.model, num_classes, image_size)
+    model, _ = training.build_model(config, num_classes, strategy, config.data.seed)
     phase, epochs_frozen = settings.lr_find_phase, config.train.epochs_frozen
     if phase == "finetune" and epochs_frozen > 0:
-        if verbose:
-            print(f"Phase 1 first ({epochs_frozen} epoch(s)), as lmrec.train.", file=sys.stderr)
+        console.say(f"Phase 1 first ({epochs_frozen} epoch(s)), as lmrec.train.")
         with strategy.scope():
-            train.prepare_phase(
+            training.prepare_phase(
                 model, "frozen", config.train.lr_frozen, epochs_frozen, steps_per_epoch, config
             )
         model.fit(
@@ -201,7 +192,7 @@ def _range_test(
             epochs=epochs_frozen,
             steps_per_epoch=steps_per_epoch,
             shuffle=False,
-            verbose=train.fit_verbosity() if verbose else 0,
+            verbose=training.fit_verbosity(),
         )
 
     rates = learning_rates(settings)
@@ -210,14 +201,12 @@ def _range_test(
         train={"lr_schedule": "constant", "warmup_epochs": 0.0, "ema_momentum": 0.0}
     )
     with strategy.scope():
-        train.prepare_phase(model, phase, float(rates[0]), 1, len(rates), test_config)
-    if verbose:
-        print(
-            f"Range test of the {phase} phase: {len(rates)} steps, rate "
-            f"{rates[0]:.2g} to {rates[-1]:.2g}.",
-            file=sys.stderr,
-        )
-    test = _RangeTest(rates, verbose)
+        training.prepare_phase(model, phase, float(rates[0]), 1, len(rates), test_config)
+    console.say(
+        f"Range test of the {phase} phase: {len(rates)} steps, rate "
+        f"{rates[0]:.2g} to {rates[-1]:.2g}."
+    )
+    test = _RangeTest(rates)
     model.fit(
         train_data,
         epochs=len(rates),
@@ -242,8 +231,7 @@ def _range_test(
         json=os.path.join(out_dir, JSON_FILE),
     )
     _write(result, config, settings)
-    if verbose:
-        print(_summary(result, settings), file=sys.stderr)
+    console.say(_summary(result, settings))
     return result
 
 
@@ -305,10 +293,6 @@ def _summary(result: LrFindResult, settings: LrFindConfig) -> str:
 
 
 def main(argv: list[str]) -> int:
-    from absl import flags
-
-    from lmrec import config as config_lib
-
     result = lr_find(
         config_lib.experiment_from_flags(flags.FLAGS),
         config_lib.from_flags(config_lib.LrFindConfig, flags.FLAGS),
@@ -318,9 +302,7 @@ def main(argv: list[str]) -> int:
 
 
 def run() -> None:
-    from lmrec import cli, flags  # noqa: F401 - defines the flags.
-
-    cli.run_stage(main, positional=False)
+    cli.run_stage("lr_find", main, positional=False)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from lmrec.errors import UserError
+
 NO_LANDMARK = -1  # ground-truth label of a query that shows no landmark
 NO_LANDMARK_NAME = "no landmark"  # how reports, predictions and tags name it
 
@@ -210,8 +212,6 @@ def coverage_curve(confidences: np.ndarray, correct: np.ndarray) -> dict:
 
 def check_threshold(threshold: float) -> None:
     """Raises UserError unless the reject threshold is a probability."""
-    from lmrec.errors import UserError
-
     if not 0.0 <= threshold <= 1.0:
         raise UserError(f"--reject_threshold must be within [0, 1], got {threshold}")
 

@@ -17,6 +17,7 @@ from keras import ops
 
 from lmrec.config import TrainConfig
 from lmrec.errors import UserError
+from lmrec.registry import Registry
 
 
 def _adam(train: TrainConfig, learning_rate, **ema):
@@ -28,7 +29,7 @@ def _adamw(train: TrainConfig, learning_rate, **ema):
 
 
 def _rmsprop(train: TrainConfig, learning_rate, **ema):
-    # The seeds' optimizer (Keras' transfer-learning tutorial): Keras defaults, rho 0.9.
+    # Keras' transfer-learning tutorial's optimizer: Keras defaults, rho 0.9.
     return keras.optimizers.RMSprop(learning_rate, weight_decay=train.weight_decay or None, **ema)
 
 
@@ -44,12 +45,15 @@ def _sgd(train: TrainConfig, learning_rate, **ema):
     )
 
 
-OPTIMIZERS: dict[str, Callable[..., keras.optimizers.Optimizer]] = {
-    "adam": _adam,
-    "adamw": _adamw,
-    "rmsprop": _rmsprop,
-    "sgd": _sgd,
-}
+OPTIMIZERS: Registry[Callable[..., keras.optimizers.Optimizer]] = Registry(
+    "optimizer",
+    {
+        "adam": _adam,
+        "adamw": _adamw,
+        "rmsprop": _rmsprop,
+        "sgd": _sgd,
+    },
+)
 
 
 def epochs_to_steps(epochs: float, steps_per_epoch: int) -> int:
@@ -85,12 +89,16 @@ def _cosine_restarts(learning_rate: float, steps: int, steps_per_epoch: int, tra
 
 
 # Each builder gets (peak learning rate, steps after any warm-up, steps per epoch, TrainConfig).
-LR_SCHEDULES: dict[str, Callable[[float, int, int, TrainConfig], object]] = {
-    "constant": _constant,
-    "step": _step,  # x lr_decay_factor every lr_step_epochs (0: at 1/3 and 2/3 of the phase)
-    "cosine": _cosine,  # decays to 0 by the phase's last step
-    "cosine_restarts": _cosine_restarts,  # SGDR: back to the peak every cycle, cycles x t_mul
-}
+LR_SCHEDULES: Registry[Callable[[float, int, int, TrainConfig], object]] = Registry(
+    "learning-rate schedule",
+    {
+        "constant": _constant,
+        "step": _step,  # x lr_decay_factor every lr_step_epochs (0: at 1/3 and 2/3 of the phase)
+        "cosine": _cosine,  # decays to 0 by the phase's last step
+        "cosine_restarts": _cosine_restarts,  # SGDR: back to the peak every cycle, cycles x t_mul
+    },
+    flag="lr_schedule",
+)
 
 
 @keras.saving.register_keras_serializable(package="lmrec")
@@ -154,16 +162,9 @@ def schedule(
       warmup_epochs: linear warm-up at the start of the phase; 0 for none.
     """
     warmup = epochs_to_steps(warmup_epochs, steps_per_epoch) if warmup_epochs > 0 else 0
-    build_schedule = _lookup(LR_SCHEDULES, train.lr_schedule, "lr_schedule")
+    build_schedule = LR_SCHEDULES.get(train.lr_schedule)
     rate = build_schedule(learning_rate, max(1, total_steps - warmup), steps_per_epoch, train)
     return WarmUp(rate, warmup) if warmup else rate
-
-
-def _lookup(table: dict, name: str, flag: str):
-    try:
-        return table[name]
-    except KeyError:
-        raise UserError(f"Unknown --{flag}={name!r}; valid: {', '.join(sorted(table))}") from None
 
 
 def check(train: TrainConfig) -> None:
@@ -172,8 +173,8 @@ def check(train: TrainConfig) -> None:
     Raises:
       UserError: naming the flag (an unknown name lists the valid ones).
     """
-    _lookup(OPTIMIZERS, train.optimizer, "optimizer")
-    _lookup(LR_SCHEDULES, train.lr_schedule, "lr_schedule")
+    OPTIMIZERS.get(train.optimizer)
+    LR_SCHEDULES.get(train.lr_schedule)
     ranges = (
         ("momentum", 0.0 <= train.momentum < 1.0, "in [0, 1)"),
         ("lr_step_epochs", train.lr_step_epochs >= 0, ">= 0"),
@@ -271,5 +272,5 @@ def build(
     """
     rate = schedule(train, learning_rate, total_steps, steps_per_epoch, warmup_epochs)
     ema = {"use_ema": train.ema_momentum > 0, "ema_momentum": train.ema_momentum or 0.99}
-    optimizer = _lookup(OPTIMIZERS, train.optimizer, "optimizer")(train, rate, **ema)
+    optimizer = OPTIMIZERS.get(train.optimizer)(train, rate, **ema)
     return _with_layer_rates(optimizer, lr_factors) if lr_factors else optimizer

@@ -18,21 +18,26 @@ from collections.abc import Iterator
 import keras
 import tensorflow as tf
 
-from lmrec.errors import UserError
+from lmrec.registry import Registry
 
 # --mixed_precision -> Keras dtype policy. "auto" is mixed_float16 with a GPU and
 # float32 without one: most CPUs have no bfloat16 arithmetic and run mixed_bfloat16
 # slower than float32, so it is only ever used when asked for.
-MIXED_PRECISION = {
-    "none": "float32",
-    "auto": "",  # resolved by dtype_policy_name()
-    "float16": "mixed_float16",
-    "bfloat16": "mixed_bfloat16",
-}
+MIXED_PRECISION: Registry[str] = Registry(
+    "mixed precision",
+    {
+        "none": "float32",
+        "auto": "",  # resolved by dtype_policy_name()
+        "float16": "mixed_float16",
+        "bfloat16": "mixed_bfloat16",
+    },
+)
 
 # --jit_compile -> model.compile(jit_compile=...). Keras' "auto" uses XLA when the
 # model supports it, except on CPU-only machines and under tf.distribute.
-JIT_COMPILE = {"auto": "auto", "true": True, "false": False}
+JIT_COMPILE: Registry[bool | str] = Registry(
+    "XLA setting", {"auto": "auto", "true": True, "false": False}, flag="jit_compile"
+)
 
 
 def gpu_visible() -> bool:
@@ -45,12 +50,7 @@ def dtype_policy_name(mixed_precision: str) -> str:
     Raises:
       UserError: an unknown value, naming the flag.
     """
-    try:
-        name = MIXED_PRECISION[mixed_precision]
-    except KeyError:
-        raise UserError(
-            f"Unknown --mixed_precision={mixed_precision!r}; valid: {', '.join(MIXED_PRECISION)}"
-        ) from None
+    name = MIXED_PRECISION.get(mixed_precision)
     if mixed_precision == "auto":
         return "mixed_float16" if gpu_visible() else "float32"
     return name
@@ -73,17 +73,12 @@ def dtype_policy(name: str) -> Iterator[None]:
 
 
 def jit_compile(value: str) -> bool | str:
-    """--jit_compile as model.compile() takes it.
+    """--jit_compile as model.compile() takes it, in any letter case ("True" is "true").
 
     Raises:
       UserError: an unknown value, naming the flag.
     """
-    try:
-        return JIT_COMPILE[str(value).lower()]
-    except KeyError:
-        raise UserError(
-            f"Unknown --jit_compile={value!r}; valid: {', '.join(JIT_COMPILE)}"
-        ) from None
+    return JIT_COMPILE.get(str(value).lower())
 
 
 def warnings_for(mixed_precision: str, jit: str, backbone: str) -> list[str]:

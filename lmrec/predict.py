@@ -26,22 +26,38 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import tensorflow as tf
+from absl import flags
 from tqdm import tqdm
 
-from lmrec import metrics, photo_archive, run_files, xmp
+from lmrec import cli, config, metrics, photo_archive, run_files, xmp
 from lmrec.config import PredictConfig
 from lmrec.data import images
 from lmrec.errors import UserError
 from lmrec.export import savedmodel, tflite
+from lmrec.registry import Registry
 from lmrec.tag_store import Row, TagStore, check_output
 
 # The label of a photo whose top probability is below the reject threshold.
 NO_LANDMARK = metrics.NO_LANDMARK_NAME
 
 
-# --engine -> the TFLite file beside the export it runs ("auto" and "savedmodel" need none).
-TFLITE_ENGINES = {"tflite": "float32", "tflite-int8": "int8"}
-ENGINES = ("auto", "savedmodel", *TFLITE_ENGINES)
+@dataclass(frozen=True)
+class Engine:
+    """What one --engine runs for an export."""
+
+    tflite: str = ""  # the TFLite variant file beside the export it runs; "": the SavedModel
+    required: bool = False  # a missing TFLite file is an error (else the SavedModel runs)
+
+
+ENGINES: Registry[Engine] = Registry(
+    "engine",
+    {
+        "auto": Engine(tflite="float32"),
+        "savedmodel": Engine(),
+        "tflite": Engine(tflite="float32", required=True),
+        "tflite-int8": Engine(tflite="int8", required=True),
+    },
+)
 
 
 @dataclass
@@ -86,14 +102,13 @@ def load_tagger(model: str, engine: str = "auto") -> Tagger:
     Raises:
       UserError: the path is none of those, or a tflite engine finds no TFLite file.
     """
-    if engine not in ENGINES:
-        raise UserError(f"--engine={engine!r}: choose one of {', '.join(ENGINES)}")
+    spec = ENGINES.get(engine)
     if not model:
         raise UserError("--model is required: an export folder or a training model_dir")
     if not os.path.isdir(model):
         raise UserError(f"--model={model!r} is not a folder")
     if os.path.isfile(os.path.join(model, run_files.CONFIG_FILE)):
-        if engine in TFLITE_ENGINES:
+        if spec.required:
             raise UserError(
                 f"--engine={engine} needs an export: --model={model} is a model_dir "
                 "(python -m lmrec.export --tflite=float32,int8 writes one)"
@@ -120,14 +135,14 @@ def load_tagger(model: str, engine: str = "auto") -> Tagger:
                 f"{run_files.CONFIG_FILE}"
             )
     metadata = savedmodel.read_metadata(saved_model)
-    variant = TFLITE_ENGINES.get(engine, "float32")
+    variant = spec.tflite
     tflite_file = os.path.join(tflite.output_folder(saved_model), f"{variant}.tflite")
-    if engine in TFLITE_ENGINES and not os.path.isfile(tflite_file):
+    if spec.required and not os.path.isfile(tflite_file):
         raise UserError(
             f"--engine={engine}: {tflite_file} does not exist; write it with "
             f"python -m lmrec.export --tflite={variant}, or use --engine=savedmodel"
         )
-    use_tflite = engine != "savedmodel" and os.path.isfile(tflite_file)
+    use_tflite = bool(variant) and os.path.isfile(tflite_file)
     serve = (
         _tflite_serve(tflite_file)
         if use_tflite
@@ -422,11 +437,7 @@ def exit_status(result: PredictResult) -> int:
 
 
 def main(argv: list[str]) -> int:
-    from absl import flags
-
-    from lmrec import config as config_lib
-
-    settings: PredictConfig = config_lib.from_flags(PredictConfig, flags.FLAGS)
+    settings: PredictConfig = config.from_flags(PredictConfig, flags.FLAGS)
     threshold = None
     if flags.FLAGS["reject_threshold"].present:
         threshold = flags.FLAGS.reject_threshold
@@ -448,9 +459,7 @@ def main(argv: list[str]) -> int:
 
 
 def run() -> None:
-    from lmrec import cli, flags  # noqa: F401 - defines the flags.
-
-    cli.run_stage(main, positional=True)
+    cli.run_stage("predict", main, positional=True)
 
 
 if __name__ == "__main__":

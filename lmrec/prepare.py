@@ -12,21 +12,20 @@ The work happens in lmrec.data.prepare.prepare(config), which notebooks call.
 
 from __future__ import annotations
 
+from absl import flags
+
+from lmrec import cli, config, console
+from lmrec.data import prepare
+
 
 def main(argv: list[str]) -> int:
-    from absl import flags
-
-    from lmrec import config as config_lib
-    from lmrec.data import prepare
-
-    prepare.prepare(config_lib.from_flags(config_lib.PrepareConfig, flags.FLAGS))
+    settings = config.from_flags(config.PrepareConfig, flags.FLAGS)
+    prepare.prepare(settings, verbose=not console.is_quiet())
     return 0
 
 
 def run() -> None:
-    from lmrec import cli, flags  # noqa: F401 - defines the flags.
-
-    cli.run_stage(main, positional=False)
+    cli.run_stage("prepare", main, positional=False)
 
 
 if __name__ == "__main__":

@@ -8,8 +8,10 @@ without an NVIDIA driver. An lmrec command (`python -m lmrec.<stage>`, an
 `lmrec-*` script, and the worker processes they spawn) imports TensorFlow and
 lists the devices once with the process's stderr (file descriptor 2) pointed at
 a temporary file, then puts stderr back and passes on every captured line except
-those notices, so the first lines a user sees are lmrec's. A user who sets
-TF_CPP_MIN_LOG_LEVEL sees TensorFlow's output as it comes. Library use (a
+those notices, so the first lines a user sees are lmrec's. It also sets
+TF_CPP_MIN_LOG_LEVEL=1, so TensorFlow's INFO lines at run time stay out too
+(warnings and errors show). A user who sets TF_CPP_MIN_LOG_LEVEL sees
+TensorFlow's output as it comes. Library use (a
 notebook, the tests) is left alone.
 """
 
@@ -32,6 +34,8 @@ _NOTICE = re.compile(
 # be the reason a GPU is missing, and is passed on.
 _NO_DRIVER_CUINIT = re.compile(r"E\d{4} [\d:. ]+ \d+ cuda_platform\.cc:\d+\] failed call to cuInit")
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+# Set when TF_CPP_MIN_LOG_LEVEL below is lmrec's default, not the user's.
+_OWN_LEVEL = "LMREC_DEFAULT_TF_LOG_LEVEL"
 
 
 def is_command() -> bool:
@@ -60,8 +64,14 @@ def without_notices(text: str, driver_present: bool = True) -> str:
 
 def import_tensorflow() -> None:
     """Imports TensorFlow with its start-up notices left out of stderr (see the module doc)."""
-    if "TF_CPP_MIN_LOG_LEVEL" in os.environ or "tensorflow" in sys.modules:
+    if "tensorflow" in sys.modules:
         return
+    if "TF_CPP_MIN_LOG_LEVEL" in os.environ and os.environ.get(_OWN_LEVEL) != "1":
+        return  # the user's own level
+    # INFO lines at run time (e.g. TFRecordDataset's buffer_size notice) obey the level;
+    # warnings and errors still show. Marked as lmrec's, so spawned workers still filter.
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "1"
+    os.environ[_OWN_LEVEL] = "1"
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile() as captured:

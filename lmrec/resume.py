@@ -23,7 +23,7 @@ import os
 import shutil
 from typing import Any
 
-from lmrec import atomic, run_files
+from lmrec import atomic, console, run_files
 from lmrec.config import ExperimentConfig, load_experiment
 from lmrec.data import records
 from lmrec.errors import UserError
@@ -260,3 +260,42 @@ def check_free_space(model_dir: str, model) -> None:
             f"checkpoints of this model need about {needed / 2**20:.0f} MB. Free some space "
             "or choose a model_dir on another disk."
         )
+
+
+def read_for_run(model_dir: str, config: ExperimentConfig, labels: list[dict]) -> State | None:
+    """The state a run in model_dir continues from, or None to train from the start.
+
+    A finished run with other classes or settings is discarded, not mixed with the
+    new one: the new settings train anew over it.
+
+    Raises:
+      UserError: an unfinished run with other classes or settings (check_matches),
+        or a state that cannot be read (read).
+    """
+    state = read(model_dir)
+    if state is not None and state.complete and differences(model_dir, config, labels):
+        console.say(
+            f"{model_dir} holds a finished run with other classes or settings: training anew."
+        )
+        discard(model_dir)
+        return None
+    if state is not None and not state.complete:
+        check_matches(model_dir, config, labels)
+    return state
+
+
+def describe(model_dir: str, state: State) -> str:
+    """One line on where a resumed run picks up, or that it had finished training."""
+    where = os.path.join(model_dir, STATE_FILE)
+    if state.complete:
+        return (
+            f"Training in {model_dir} already finished ({where}); evaluating and exporting "
+            f"only. Delete {os.path.join(model_dir, RESUME_DIR)} to train it again."
+        )
+    position = f"epoch {state.epoch + 1}" + (f", step {state.step + 1}" if state.step else "")
+    if state.phase_done:
+        position = f"the end of phase {state.phase} (epoch {state.epoch})"
+    return (
+        f"Resuming the run in {model_dir} from its checkpoint at {position} "
+        f"({state.global_step} steps done); the data is reshuffled from there."
+    )

@@ -10,10 +10,13 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+import keras
+
 from lmrec import atomic
 from lmrec.config import ExperimentConfig, load_experiment
 from lmrec.data import records
 from lmrec.errors import UserError
+from lmrec.models import backbones, classifier
 
 FLAGS_FILE = "flags.cfg"
 CONFIG_FILE = "config.json"
@@ -28,8 +31,6 @@ REPORT_DIR = "report"
 def save_variables(model, path: str) -> None:
     """model.save_weights without the optimizer's variables, which Keras 3 includes:
     what evaluation, export and a fresh optimizer need, a third of the size with Adam."""
-    import keras
-
     optimizer = getattr(model, "optimizer", None)
     keras.saving.save_weights(model, path, objects_to_skip=[optimizer] if optimizer else None)
 
@@ -61,8 +62,6 @@ class TrainedModel:
 
     @property
     def preprocess(self):
-        from lmrec.models import backbones
-
         return backbones.get_spec(self.config.model.backbone).preprocess
 
 
@@ -72,8 +71,6 @@ def load(model_dir: str, weights_file: str = BEST_WEIGHTS) -> TrainedModel:
     Raises:
       UserError: model_dir is not a finished lmrec training run.
     """
-    from lmrec.models import classifier
-
     if not model_dir:
         raise UserError("--model_dir is required")
     config_path = os.path.join(model_dir, CONFIG_FILE)

@@ -14,32 +14,42 @@ name any mirror with the official layout, including a file:// folder.
 
 from __future__ import annotations
 
+import dataclasses
+
 from absl import flags
 
-from lmrec import cli
-from lmrec import flags as lmrec_flags  # noqa: F401 - defines every lmrec flag.
+from lmrec import cli, config, settings
+from lmrec.data import gldv2_download
+from lmrec.data.sources import gldv2
 
-KEEP_TARS = flags.DEFINE_boolean(
-    "keep_tars",
-    True,
-    "Keep each image tar after its wanted images are extracted; false deletes it then, so "
-    "at most --download_jobs tars take disk space at a time.",
-)
+
+@dataclasses.dataclass(frozen=True)
+class DownloadOptions:
+    """This script's own settings, beside the GLDv2 source's (lmrec.data.sources.gldv2)."""
+
+    keep_tars: bool = settings.setting(
+        True,
+        "Keep each image tar after its wanted images are extracted; false deletes it then, so "
+        "at most --download_jobs tars take disk space at a time.",
+    )
 
 
 def main(argv: list[str]) -> int:
-    from lmrec import config as config_lib
-    from lmrec.data import gldv2_download
-
-    config = config_lib.from_flags(config_lib.PrepareConfig, flags.FLAGS)
-    summary = gldv2_download.download_gldv2(config, keep_tars=KEEP_TARS.value)
+    gldv2_options = settings.values(gldv2.Gldv2Options, flags.FLAGS)
+    prepare = config.PrepareConfig(
+        source="gldv2", seed=flags.FLAGS.seed, source_options=dataclasses.asdict(gldv2_options)
+    )
+    keep_tars = settings.values(DownloadOptions, flags.FLAGS).keep_tars
+    summary = gldv2_download.download_gldv2(prepare, keep_tars=keep_tars)
     print(summary.describe())
     print(
-        f"Next: python -m lmrec.prepare --source=gldv2 --gldv2_dir={config.gldv2_dir} "
+        f"Next: python -m lmrec.prepare --source=gldv2 --gldv2_dir={gldv2_options.gldv2_dir} "
         "with the same selection flags"
     )
     return 0
 
 
 if __name__ == "__main__":
-    cli.run_stage(main, positional=False)
+    cli.run_stage(
+        "download_gldv2", main, positional=False, extra=settings.flag_fields(DownloadOptions)
+    )

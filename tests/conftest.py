@@ -124,7 +124,10 @@ def vn_landmarks() -> pathlib.Path:
 
 
 def small_demo_config(tmp_dir: str, **train_overrides):
-    """The demo config shrunk for tests: fewer, smaller images and short training."""
+    """configs/baseline_demo.cfg shrunk for tests: fewer, smaller images and short training.
+
+    The baseline CNN from scratch: fast at any size and free of pretrained weights.
+    """
     from lmrec import config
 
     overrides = [
@@ -134,11 +137,11 @@ def small_demo_config(tmp_dir: str, **train_overrides):
         f"--export_dir={tmp_dir}/export",
     ]
     overrides += [f"--{key}={value}" for key, value in train_overrides.items()]
-    return config.experiment_from_flagfile(str(REPO / "configs" / "demo.cfg"), *overrides)
+    return config.experiment_from_flagfile(str(REPO / "configs" / "baseline_demo.cfg"), *overrides)
 
 
 # Settings of a run that tests training mechanics, not accuracy: the baseline CNN (the
-# demo config's) at 32 px, no evaluation, export or TensorBoard photos afterwards.
+# baseline_demo config's) at 32 px, no evaluation, export or TensorBoard photos afterwards.
 TINY_RUN = dict(
     image_size=32,
     batch_size=16,
@@ -161,7 +164,7 @@ def demo_records(tmp_path_factory) -> str:
 
     out = tmp_path_factory.mktemp("demo_records")
     result = prepare.prepare(
-        PrepareConfig(
+        PrepareConfig.build(
             source="demo",
             output_dir=str(out),
             name="demo",
@@ -183,7 +186,7 @@ def env_for_subprocess() -> dict:
 
 @pytest.fixture(scope="session")
 def trained_demo(tmp_path_factory):
-    """configs/demo.cfg shrunk to ~40 s: 80 images per class, 64 px, 1 + 10 epochs."""
+    """configs/baseline_demo.cfg shrunk to ~40 s: 80 images per class, 64 px, 1 + 10 epochs."""
     root = tmp_path_factory.mktemp("demo_run")
     experiment = small_demo_config(
         str(root),

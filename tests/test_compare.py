@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow
 
 def _shared_args(data_dir: str, tmp_path) -> list[str]:
     return [
-        f"--flagfile={REPO / 'configs' / 'demo.cfg'}",
+        f"--flagfile={REPO / 'configs' / 'baseline_demo.cfg'}",
         f"--data_dir={data_dir}",
         "--prepare_if_missing=false",
         "--image_size=32",
@@ -81,16 +81,16 @@ def test_a_rerun_reuses_finished_entries_and_retrains_changed_ones(
     shared = _shared_args(demo_records, tmp_path)
     first = compare.compare(shared, entry_file, compare_dir, verbose=False)
 
-    import lmrec.train
+    import lmrec.training
 
     trained = []
-    real_train = lmrec.train.train_and_evaluate
+    real_train = lmrec.training.train_and_evaluate
 
     def counting_train(config, **kwargs):
         trained.append(config.model.head)
         return real_train(config, **kwargs)
 
-    monkeypatch.setattr(lmrec.train, "train_and_evaluate", counting_train)
+    monkeypatch.setattr(lmrec.training, "train_and_evaluate", counting_train)
     again = compare.compare(shared, entry_file, compare_dir, verbose=False)
     assert trained == [] and again == first
 

@@ -7,7 +7,7 @@ import subprocess
 import sys
 import zipfile
 
-from lmrec import config, copy_configs
+from lmrec import config, copy_configs, shipped_configs
 from tests.conftest import REPO
 
 REPO_CONFIGS = sorted(
@@ -16,7 +16,7 @@ REPO_CONFIGS = sorted(
 
 
 def test_every_config_is_copied_and_parses_from_the_copy(tmp_path, monkeypatch):
-    assert copy_configs.bundled_files() == REPO_CONFIGS
+    assert shipped_configs.bundled_files() == REPO_CONFIGS
     outcome = copy_configs.copy_configs(str(tmp_path))
     assert outcome["copied"] == REPO_CONFIGS
     for relative in REPO_CONFIGS:
@@ -49,11 +49,10 @@ def test_an_edited_config_is_kept_unless_overwrite(tmp_path):
 
 def test_missing_flagfile_names_the_copy_command(tmp_path, env_for_subprocess, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert (
-        copy_configs.missing_flagfile_hint(["--flagfile", str(REPO / "configs/demo.cfg")]) is None
-    )
-    assert copy_configs.missing_flagfile_hint(["-flagfile", "configs/demo.cfg"]) is not None
-    own = copy_configs.missing_flagfile_hint(["--flagfile=mine.cfg"])
+    present = str(REPO / "configs/demo.cfg")
+    assert shipped_configs.missing_flagfile_hint(["--flagfile", present]) is None
+    assert shipped_configs.missing_flagfile_hint(["-flagfile", "configs/demo.cfg"]) is not None
+    own = shipped_configs.missing_flagfile_hint(["--flagfile=mine.cfg"])
     assert own.startswith("no flagfile at mine.cfg") and "copy_configs" not in own
     result = subprocess.run(
         [sys.executable, "-m", "lmrec.train", "--flagfile=configs/xception.cfg"],

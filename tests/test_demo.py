@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from lmrec.config import PrepareConfig
-from lmrec.data.sources import demo
+from lmrec.data.sources import demo, get_source
 from lmrec.errors import UserError
 
 SIZE = 48  # small images keep the suite fast
@@ -178,8 +178,8 @@ def test_invalid_arguments_raise_value_error_naming_the_argument(call, argument)
 
 
 def test_source_offers_every_class_lazily_with_matching_bytes():
-    config = PrepareConfig(source="demo", demo_images_per_class=2, demo_image_size=40, seed=3)
-    source = demo.source(config)
+    config = PrepareConfig.build(source="demo", demo_images_per_class=2, demo_image_size=40, seed=3)
+    source = get_source(config)
     assert source.name == "demo"
     assert source.class_names == list(demo.CLASS_NAMES)
     items = list(source.items())
@@ -199,6 +199,6 @@ def test_source_offers_every_class_lazily_with_matching_bytes():
     ],
 )
 def test_source_rejects_bad_flags(overrides, flag):
-    config = PrepareConfig(source="demo", **overrides)
+    config = PrepareConfig.build(source="demo", **overrides)
     with pytest.raises(UserError, match=flag):
-        demo.source(config)
+        get_source(config)

@@ -33,7 +33,10 @@ def test_lr_scaling_follows_the_replicas():
     assert distribute.lr_scale("none", 8) == 1.0
     assert distribute.lr_scale("linear", 8) == 8.0
     assert distribute.lr_scale("sqrt", 4) == 2.0
-    with pytest.raises(UserError, match="--lr_scaling='cubic'; valid: none, linear, sqrt"):
+    with pytest.raises(
+        UserError,
+        match="--lr_scaling='cubic'; valid learning-rate scaling names: none, linear, sqrt",
+    ):
         distribute.lr_scale("cubic", 2)
 
 
@@ -100,7 +103,7 @@ def test_mirrored_over_two_logical_cpus_batches_per_replica_and_scales_the_rate(
             sys.executable,
             "-c",
             MIRRORED_SCRIPT,
-            str(REPO / "configs" / "demo.cfg"),
+            str(REPO / "configs" / "baseline_demo.cfg"),
             *_flags(settings),
         ],
         cwd=REPO,
@@ -116,7 +119,7 @@ def test_mirrored_over_two_logical_cpus_batches_per_replica_and_scales_the_rate(
     # A global batch of 2 replicas x 8: one pass is ceil(n / 16) steps per epoch.
     steps = math.ceil(train_images / 16)
     assert result["steps"] == {"frozen": steps, "finetune": steps}
-    # demo.cfg's rates (3e-3, 2e-3), doubled for two replicas.
+    # baseline_demo.cfg's rates (3e-3, 2e-3), doubled for two replicas.
     rates = [row["learning_rate"] for row in result["history"]]
     assert rates == pytest.approx([6e-3, 4e-3])
 
@@ -164,7 +167,7 @@ def test_two_workers_on_loopback_train_in_lockstep_to_identical_weights(
             sys.executable,
             "-m",
             "lmrec.train",
-            f"--flagfile={REPO / 'configs' / 'demo.cfg'}",
+            f"--flagfile={REPO / 'configs' / 'baseline_demo.cfg'}",
             *_flags(settings),
         ]
         processes.append(

@@ -8,8 +8,7 @@ import os
 import numpy as np
 import pytest
 
-from lmrec import feature_cache, run_files
-from lmrec import train as train_module
+from lmrec import feature_cache, run_files, training
 from lmrec.config import ModelConfig
 from lmrec.data import pipeline, prepare
 from lmrec.errors import UserError
@@ -235,4 +234,4 @@ def test_mirrored_strategy_trains_on_cached_features(tmp_path, demo_records, cap
 def test_bad_cache_flags_are_rejected(tmp_path, flag, value):
     experiment = small_demo_config(str(tmp_path), **{flag: value})
     with pytest.raises(UserError, match=f"--{flag}"):
-        train_module.validate(experiment)
+        training.validate(experiment)

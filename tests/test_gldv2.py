@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 
 from lmrec.config import PrepareConfig
-from lmrec.data import pipeline, prepare, records, shards
+from lmrec.data import pipeline, prepare, records, shards, sources
 from lmrec.data.sources import gldv2
 from lmrec.errors import UserError
 from tests.conftest import jpeg_bytes
@@ -81,7 +81,11 @@ def _config(fake, tmp_path, **overrides) -> PrepareConfig:
         num_workers=1,
     )
     values.update(overrides)
-    return PrepareConfig(**values)
+    return PrepareConfig.build(**values)
+
+
+def _select(config: PrepareConfig) -> gldv2.Selection:
+    return gldv2.select(sources.options_of(config), config.seed)
 
 
 def _examples(data_dir: str) -> dict[str, tuple[str, int, bytes]]:
@@ -119,13 +123,13 @@ def _examples(data_dir: str) -> dict[str, tuple[str, int, bytes]]:
     ],
 )
 def test_selections_count_exactly(fake_gldv2, tmp_path, flags, expected):
-    selection = gldv2.select(_config(fake_gldv2, tmp_path, **flags))
+    selection = _select(_config(fake_gldv2, tmp_path, **flags))
     assert {k: len(v) for k, v in selection.images.items()} == expected
     funnel = selection.info["classes_after_each_filter"]
     assert funnel["in_csv"] == 6 and list(funnel.values())[-1] == len(expected)
     if flags.get("max_images_per_class"):
-        again = gldv2.select(_config(fake_gldv2, tmp_path, **flags))
-        other = gldv2.select(_config(fake_gldv2, tmp_path, seed=6, **flags))
+        again = _select(_config(fake_gldv2, tmp_path, **flags))
+        other = _select(_config(fake_gldv2, tmp_path, seed=6, **flags))
         assert again.images == selection.images
         assert other.images != selection.images  # the cap is a seeded sample
 
@@ -133,7 +137,7 @@ def test_selections_count_exactly(fake_gldv2, tmp_path, flags, expected):
 def test_random_class_selection_is_seeded(fake_gldv2, tmp_path):
     picks = {
         seed: sorted(
-            gldv2.select(
+            _select(
                 _config(fake_gldv2, tmp_path, num_classes=3, class_selection="random", seed=seed)
             ).images
         )
@@ -142,14 +146,14 @@ def test_random_class_selection_is_seeded(fake_gldv2, tmp_path):
     assert all(len(p) == 3 for p in picks.values())
     assert len({tuple(p) for p in picks.values()}) > 1
     assert picks[0] == sorted(
-        gldv2.select(
+        _select(
             _config(fake_gldv2, tmp_path, num_classes=3, class_selection="random", seed=0)
         ).images
     )
 
 
 def test_malformed_rows_are_counted_and_listed(fake_gldv2, tmp_path):
-    selection = gldv2.select(_config(fake_gldv2, tmp_path))
+    selection = _select(_config(fake_gldv2, tmp_path))
     assert selection.malformed_count == 2
     assert all("malformed CSV row" in reason for _, reason in selection.malformed)
     assert {where.split(":")[0] for where, _ in selection.malformed} == {"train.csv"}
@@ -275,15 +279,15 @@ def test_a_changed_plan_starts_over(fake_gldv2, tmp_path):
 
 def test_bad_gldv2_flags_are_clear(fake_gldv2, tmp_path):
     with pytest.raises(UserError, match="--gldv2_dir"):
-        gldv2.select(PrepareConfig(source="gldv2"))
+        _select(PrepareConfig.build(source="gldv2"))
     with pytest.raises(UserError, match="train.csv is missing.*download_gldv2"):
-        gldv2.select(PrepareConfig(source="gldv2", gldv2_dir=str(tmp_path)))
+        _select(PrepareConfig.build(source="gldv2", gldv2_dir=str(tmp_path)))
     with pytest.raises(UserError, match="--classes.*999"):
-        gldv2.select(_config(fake_gldv2, tmp_path, classes="7,999"))
+        _select(_config(fake_gldv2, tmp_path, classes="7,999"))
     with pytest.raises(UserError, match="No landmark passes.*largest class in the CSV has 8"):
-        gldv2.select(_config(fake_gldv2, tmp_path, min_images_per_class=50))
+        _select(_config(fake_gldv2, tmp_path, min_images_per_class=50))
     with pytest.raises(UserError, match="--class_selection"):
-        gldv2.select(_config(fake_gldv2, tmp_path, class_selection="biggest"))
+        _select(_config(fake_gldv2, tmp_path, class_selection="biggest"))
     with pytest.raises(UserError, match="--runner"):
         prepare.prepare(_config(fake_gldv2, tmp_path, runner="spark"), verbose=False)
 
@@ -293,6 +297,6 @@ def test_a_landmark_with_tens_of_thousands_of_photos_fits_in_one_csv_row(tmp_pat
     (tmp_path / "train_clean.csv").write_text(
         "landmark_id,images\n" + f"7,{' '.join(ids)}\n" + "8,ffffffffffffffff\n", encoding="utf-8"
     )
-    config = PrepareConfig(source="gldv2", gldv2_dir=str(tmp_path), gldv2_csv="train_clean")
-    selection = gldv2.select(config)
+    config = PrepareConfig.build(source="gldv2", gldv2_dir=str(tmp_path), gldv2_csv="train_clean")
+    selection = _select(config)
     assert {k: len(v) for k, v in selection.images.items()} == {"7": 12_000, "8": 1}

@@ -414,16 +414,20 @@ def test_download_gldv2_end_to_end_deletes_tars_and_skips_them_on_rerun(
     server = serve(mirror["root"])
     seen_csvs = []
 
-    def selected_image_ids(config):
+    def selected_image_ids(options, seed):
         # Stands in for the selection (tested in test_gldv2.py): the CSVs must be there when
         # it runs.
-        seen_csvs.append(sorted(os.listdir(config.gldv2_dir)))
+        seen_csvs.append(sorted(os.listdir(options.gldv2_dir)))
         return set(WANTED)
 
     monkeypatch.setattr(gldv2, "selected_image_ids", selected_image_ids)
     gldv2_dir = tmp_path / "gldv2"
-    config = PrepareConfig(
-        gldv2_dir=str(gldv2_dir), gldv2_url=server.url, gldv2_tars="0-1", download_jobs=2
+    config = PrepareConfig.build(
+        source="gldv2",
+        gldv2_dir=str(gldv2_dir),
+        gldv2_url=server.url,
+        gldv2_tars="0-1",
+        download_jobs=2,
     )
 
     summary = gldv2_download.download_gldv2(config, keep_tars=False, verbose=False)
@@ -629,8 +633,10 @@ def test_a_csv_cut_mid_row_without_content_length_fails(mirror, serve, tmp_path)
 
 
 def _one_image_config(monkeypatch, gldv2_dir, url) -> PrepareConfig:
-    monkeypatch.setattr(gldv2, "selected_image_ids", lambda config: {TAR_IDS[0][0]})
-    return PrepareConfig(gldv2_dir=str(gldv2_dir), gldv2_url=url, gldv2_tars="0")
+    monkeypatch.setattr(gldv2, "selected_image_ids", lambda options, seed: {TAR_IDS[0][0]})
+    return PrepareConfig.build(
+        source="gldv2", gldv2_dir=str(gldv2_dir), gldv2_url=url, gldv2_tars="0"
+    )
 
 
 def test_a_plain_http_url_is_warned_about(mirror, serve, tmp_path, monkeypatch, capsys):

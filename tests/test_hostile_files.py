@@ -276,8 +276,9 @@ PREDICT_THREE_TIMES = """
 import csv, json, os, sys
 import numpy as np
 from absl import flags
-from lmrec import flags as lmrec_flags  # defines the flags main reads
+from lmrec import flags as lmrec_flags
 from lmrec import predict
+lmrec_flags.define("predict")  # the flags main reads
 
 root, output = sys.argv[1:3]
 fake = predict.Tagger(

@@ -50,7 +50,7 @@ TINY = {
     "EPOCHS_FINETUNE": 1,
     "NUM_PHOTOS": 3,
 }
-CELL_TIMEOUT_S = 300  # per cell; the whole notebook takes about 30 s on a 2-core CPU
+CELL_TIMEOUT_S = 300  # per cell; the whole notebook takes about 50 s on a 2-core CPU
 
 
 def _code_cells(nb) -> list:

@@ -119,10 +119,14 @@ def test_sgd_is_nesterov_and_momentum_decay_and_ema_are_passed_through():
 
 
 def test_unknown_names_list_the_valid_ones():
-    with pytest.raises(UserError, match=r"--optimizer='lamb'; valid: adam, adamw, rmsprop, sgd"):
+    with pytest.raises(
+        UserError, match=r"--optimizer='lamb'; valid optimizer names: adam, adamw, rmsprop, sgd"
+    ):
         optimizers.check(TrainConfig(optimizer="lamb"))
     with pytest.raises(
-        UserError, match=r"--lr_schedule='linear'; valid: constant, cosine, cosine_restarts, step"
+        UserError,
+        match=r"--lr_schedule='linear'; valid learning-rate schedule names: "
+        r"constant, step, cosine, cosine_restarts",
     ):
         optimizers.build(TrainConfig(lr_schedule="linear"), 0.1, 10, 10)
 

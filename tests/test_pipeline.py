@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
 import tensorflow as tf
+from PIL import Image
 
-from lmrec import train as train_module
+from lmrec import training as training_lib
 from lmrec.data import pipeline, prepare, records
 from lmrec.errors import UserError
 from lmrec.models import backbones
@@ -69,15 +72,18 @@ def test_evaluation_pass_is_ordered_complete_and_has_known_length(demo_records):
             tf.io.gfile.glob(records.shard_pattern(demo_records, "val"))
         )
     )
-    make = lambda: pipeline.make_dataset(  # noqa: E731
-        records.shard_pattern(demo_records, "val"),
-        64,
-        lambda x: x,
-        batch_size=5,
-        training=False,
-        with_ids=True,
-        num_examples=stats_total,
-    )
+
+    def make():
+        return pipeline.make_dataset(
+            records.shard_pattern(demo_records, "val"),
+            64,
+            tf.identity,
+            batch_size=5,
+            training=False,
+            with_ids=True,
+            num_examples=stats_total,
+        )
+
     first = [i.decode() for _, _, ids in make() for i in ids.numpy()]
     second = [i.decode() for _, _, ids in make() for i in ids.numpy()]
     assert first == second and len(first) == stats_total == len(set(first))
@@ -143,7 +149,7 @@ def test_randaugment_policy_runs_inside_tf_data(demo_records):
 def test_missing_shards_and_unknown_policy_are_clear_errors(tmp_path, demo_records):
     with pytest.raises(UserError, match="No TFRecord shards match"):
         pipeline.make_dataset(str(tmp_path / "x-*.tfrecord"), 32, lambda x: x, 2, training=False)
-    with pytest.raises(UserError, match="--augment='autoaugment'.*light.*seeds"):
+    with pytest.raises(UserError, match="--augment='autoaugment'.*light.*shift_jitter"):
         _training_batches(demo_records, "autoaugment", 2, seed=1)
     with pytest.raises(UserError, match="renamed to --augment=light"):
         pipeline.augment.get_policy("crop_flip")
@@ -167,8 +173,8 @@ def test_unknown_mixing_is_a_clear_error(demo_records):
         pipeline.augment.check_mixing("blend")
 
 
-def test_seeds_policy_shifts_and_jitters_inside_tf_data(demo_records):
-    images, labels = next(iter(_training_batches(demo_records, "seeds", 4, seed=4)))
+def test_shift_jitter_policy_shifts_and_jitters_inside_tf_data(demo_records):
+    images, labels = next(iter(_training_batches(demo_records, "shift_jitter", 4, seed=4)))
     assert images.shape == (4, 48, 48, 3) and images.dtype == tf.float32
     assert labels.shape == (4,) and labels.dtype == tf.int32
     assert 0.0 <= float(tf.reduce_min(images)) and float(tf.reduce_max(images)) <= 1.0
@@ -176,7 +182,7 @@ def test_seeds_policy_shifts_and_jitters_inside_tf_data(demo_records):
     plain = pipeline.make_dataset(
         records.shard_pattern(demo_records, "val"), 48, lambda x: x, 8, training=False
     ).take(1)
-    batch_layer = pipeline.augment.get_policy("seeds").batch_layer(5)
+    batch_layer = pipeline.augment.get_policy("shift_jitter").batch_layer(5)
     pairs = plain.map(lambda x, y: (x, batch_layer(x, training=True)))
     before, after = (t.numpy() for t in next(iter(pairs)))
     assert after.shape == before.shape == (8, 48, 48, 3)
@@ -270,7 +276,7 @@ def test_unknown_balance_and_resample_without_counts_are_clear_errors(skewed_rec
         pipeline.make_dataset(skewed_records, 16, lambda x: x, 4, True, balance="resample")
     experiment = small_demo_config(str(tmp_path), balance="oversample")
     with pytest.raises(UserError, match="--balance='oversample'"):
-        train_module.validate(experiment)
+        training_lib.validate(experiment)
 
 
 def _short_run_config(tmp_path, demo_records, **overrides):
@@ -297,9 +303,9 @@ def test_class_weights_reach_the_training_batches(tmp_path, demo_records):
     for entry in stats["classes"]:
         if entry["index"] == 0:
             entry["train"] //= 4
-    counts = train_module.train_class_counts(stats, num_classes)
+    counts = training_lib.train_class_counts(stats, num_classes)
     expected = pipeline.class_weights(counts)
-    train, val, _ = train_module.datasets(experiment, stats, num_classes)
+    train, val, _ = training_lib.datasets(experiment, stats, num_classes)
     images, labels, sample_weights = next(iter(train))
     np.testing.assert_allclose(
         sample_weights.numpy(), expected[np.argmax(labels.numpy(), axis=1)], rtol=1e-6
@@ -316,3 +322,29 @@ def test_short_training_run_with_class_weights_and_mixup(tmp_path, demo_records)
     result = train_and_evaluate(experiment, verbose=False)
     assert [row["phase"] for row in result.history] == ["frozen", "finetune"]
     assert all(np.isfinite(row["loss"]) for row in result.history)
+
+
+@pytest.mark.parametrize("size", [(800, 600), (2400, 1800)])
+def test_dct_downscaled_jpeg_decoding_stays_close_to_a_full_decode(size):
+    """A JPEG >= 2x the model input decodes at 1/2 or 1/4 scale; the model input moves by
+    about a level of 255, less than the choice of resize filter moves it."""
+    width, height = size
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    base = 128 + 60 * np.sin(x / 37.0) * np.cos(y / 23.0) + 30 * np.sin((x + y) / 11.0)
+    noise = rng.normal(0, 12, (height, width, 1))
+    pixels = np.clip(base[..., None] + noise + [0, 20, -20], 0, 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=90)
+    encoded = tf.constant(buffer.getvalue())
+
+    scaled = pipeline.decode_and_resize(encoded, 224).numpy()
+    full = tf.io.decode_jpeg(encoded, channels=3)
+    reference = pipeline.resize(full, 224).numpy()
+    area = tf.image.resize(tf.cast(full, tf.float32), [224, 224], method="area").numpy()
+    index = int(pipeline._dct_scale_index(tf.constant(min(size)), 224))
+    assert pipeline.DCT_SCALES[index] > 1  # the scaled decode was taken
+    dct_difference = float(np.mean(np.abs(scaled - reference)))
+    filter_difference = float(np.mean(np.abs(area - reference)))
+    assert dct_difference < 1.5, dct_difference
+    assert dct_difference < filter_difference, (dct_difference, filter_difference)

@@ -31,7 +31,7 @@ def _read_examples(data_dir: str, split: str) -> list[dict]:
 
 
 def _prepare_folder(messy, tmp_path, **overrides):
-    config = PrepareConfig(
+    config = PrepareConfig.build(
         source="folder",
         input_dir=messy["root"],
         output_dir=str(tmp_path / "out"),
@@ -99,7 +99,7 @@ def test_a_class_whose_training_images_are_all_bad_still_trains(tmp_path):
     for i in range(3):
         (root / "unlucky" / f"{i}.jpg").write_bytes(b"")
     (root / "unlucky" / "3.jpg").write_bytes(jpeg_bytes(99))
-    config = PrepareConfig(
+    config = PrepareConfig.build(
         source="folder",
         input_dir=str(root),
         output_dir=str(tmp_path / "out"),
@@ -122,7 +122,7 @@ def test_an_all_bad_class_is_dropped_and_labels_stay_contiguous(tmp_path):
     for name in ("b_good", "c_good"):
         for i in range(3):
             (root / name / f"{i}.jpg").write_bytes(jpeg_bytes(hash(name) % 1000 + i))
-    config = PrepareConfig(
+    config = PrepareConfig.build(
         source="folder",
         input_dir=str(root),
         output_dir=str(tmp_path / "out"),
@@ -145,7 +145,7 @@ def test_large_photos_are_downscaled_and_small_jpegs_kept_byte_for_byte(tmp_path
     small = jpeg_bytes(1, size=(64, 48))
     (root / "a" / "small.jpg").write_bytes(small)
     (root / "b" / "large.jpg").write_bytes(jpeg_bytes(2, size=(1000, 500)))
-    config = PrepareConfig(
+    config = PrepareConfig.build(
         source="folder",
         input_dir=str(root),
         output_dir=str(tmp_path / "out"),
@@ -188,16 +188,18 @@ def test_existing_dataset_needs_overwrite_and_partials_are_cleaned(messy_folder,
 
 
 def test_bad_input_dir_errors_name_the_flag(tmp_path):
-    config = PrepareConfig(
+    config = PrepareConfig.build(
         source="folder", input_dir=str(tmp_path / "nope"), output_dir=str(tmp_path)
     )
     with pytest.raises(UserError, match="--input_dir"):
         prepare.prepare(config, verbose=False)
     with pytest.raises(UserError, match="--source='flickr'.*demo, folder"):
-        prepare.prepare(PrepareConfig(source="flickr", output_dir=str(tmp_path)), verbose=False)
+        prepare.prepare(
+            PrepareConfig.build(source="flickr", output_dir=str(tmp_path)), verbose=False
+        )
     (tmp_path / "empty" / "some class").mkdir(parents=True)
     (tmp_path / "empty" / "some class" / "bad.jpg").write_bytes(b"x")
-    config = PrepareConfig(
+    config = PrepareConfig.build(
         source="folder", input_dir=str(tmp_path / "empty"), output_dir=str(tmp_path / "o")
     )
     with pytest.raises(UserError, match="No usable images"):
@@ -207,7 +209,7 @@ def test_bad_input_dir_errors_name_the_flag(tmp_path):
 
 def test_real_messy_photos(vn_landmarks, tmp_path):
     """The shared real photos: spaces and parentheses in names, WebP and PNG named .jpg."""
-    config = PrepareConfig(
+    config = PrepareConfig.build(
         source="folder",
         input_dir=str(vn_landmarks / "train"),
         output_dir=str(tmp_path),

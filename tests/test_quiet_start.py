@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -43,3 +44,29 @@ def test_a_command_prints_lmrecs_lines_first(env_for_subprocess):
 
 def test_library_use_is_left_alone():
     assert not quiet_start.is_command()  # pytest imported lmrec, as a notebook would
+
+
+def _prepare_from_records(records: str, out, env: dict) -> subprocess.CompletedProcess:
+    """python -m lmrec.prepare --source=tfrecords: reads shards with a TFRecordDataset, whose
+    C++ op logs an INFO line about its buffer size at run time."""
+    return subprocess.run(
+        [sys.executable, "-m", "lmrec.prepare", "--source=tfrecords", f"--input_dir={records}",
+         "--name=copy", f"--output_dir={out}"],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+
+
+def test_tensorflows_run_time_info_lines_stay_out_unless_asked_for(
+    demo_records, tmp_path, env_for_subprocess
+):
+    env = {k: v for k, v in env_for_subprocess.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    done = _prepare_from_records(demo_records, tmp_path / "default", env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Prepared" in done.stderr
+    assert not re.search(r"^[IW]\d{4} ", done.stderr, re.M), done.stderr[:2000]
+
+    asked = _prepare_from_records(
+        demo_records, tmp_path / "asked", {**env, "TF_CPP_MIN_LOG_LEVEL": "0"}
+    )
+    assert asked.returncode == 0, asked.stderr[-2000:]
+    assert re.search(r"^I\d{4} .*tf_record_dataset_op", asked.stderr, re.M), asked.stderr[:2000]

@@ -238,7 +238,7 @@ def test_sigkill_mid_epoch_then_the_same_command_resumes(
         sys.executable,
         "-m",
         "lmrec.train",
-        f"--flagfile={REPO / 'configs' / 'demo.cfg'}",
+        f"--flagfile={REPO / 'configs' / 'baseline_demo.cfg'}",
         f"--output_dir={tmp_path}/tf_records",
         f"--model_dir={model_dir}",
         *flags,

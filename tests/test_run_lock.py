@@ -93,6 +93,7 @@ def test_train_refuses_a_model_dir_in_use_and_cleans_leftovers_when_free(
     tmp_path, holder, demo_records, monkeypatch, capsys
 ):
     from lmrec import train
+    from lmrec.training import data as training_data
 
     config = tiny_run_config(str(tmp_path), demo_records)
     model_dir = config.train.model_dir
@@ -114,7 +115,7 @@ def test_train_refuses_a_model_dir_in_use_and_cleans_leftovers_when_free(
         assert run_lock.is_held(os.path.join(model_dir, run_lock.LOCK_FILE))
         raise Stop
 
-    monkeypatch.setattr(train, "ensure_data", stop)
+    monkeypatch.setattr(training_data, "ensure_data", stop)
     with pytest.raises(Stop):
         train.train_and_evaluate(config, verbose=True)
     assert not os.path.exists(stale)
@@ -142,7 +143,7 @@ def test_lr_find_compare_and_evaluate_refuse_a_folder_in_use(tmp_path, holder, d
 
     compare_dir = str(tmp_path / "comparison")
     second = holder("folder", compare_dir)
-    demo_cfg = REPO / "configs" / "demo.cfg"
+    demo_cfg = REPO / "configs" / "baseline_demo.cfg"
     shared = [f"--flagfile={demo_cfg}", f"--data_dir={demo_records}"]
     with pytest.raises(UserError) as error:
         compare.compare(shared, f"{demo_cfg} --head=gem", compare_dir, verbose=False)
@@ -202,7 +203,7 @@ def test_prepare_removes_a_killed_prepares_partial_folder(tmp_path, capsys):
     out = tmp_path / "tf_records"
     (out / ".demo.k2j4x_9a.partial").mkdir(parents=True)
     (out / ".demo.v2.k2j4x_9a.partial").mkdir()  # another dataset's
-    config = PrepareConfig(
+    config = PrepareConfig.build(
         source="demo", output_dir=str(out), name="demo", demo_images_per_class=2,
         demo_image_size=32,
     )  # fmt: skip

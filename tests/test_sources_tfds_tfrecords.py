@@ -7,7 +7,6 @@ on the same code path as a real download, offline and in about a second.
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import json
 import os
@@ -42,7 +41,7 @@ def _check_decodes(item) -> None:
 
 def test_tfds_source_reads_encoded_images_with_their_file_names():
     with tfds.testing.mock_data(num_examples=7):
-        source = get_source(PrepareConfig(source="tfds", tfds_name="cats_vs_dogs"))
+        source = get_source(PrepareConfig.build(source="tfds", tfds_name="cats_vs_dogs"))
         items = list(source.items())
         second = _ids(source)
     assert source.streaming and source.class_names == ["cat", "dog"]
@@ -57,7 +56,9 @@ def test_tfds_source_reads_encoded_images_with_their_file_names():
 
 def test_tfds_source_without_file_names_uses_tfds_ids():
     with tfds.testing.mock_data(num_examples=5):
-        source = get_source(PrepareConfig(source="tfds", tfds_name="mnist", tfds_split="test"))
+        source = get_source(
+            PrepareConfig.build(source="tfds", tfds_name="mnist", tfds_split="test")
+        )
         items = list(source.items())
         assert _ids(source) == [item.image_id for item in items]
     assert source.class_names == [str(digit) for digit in range(10)]
@@ -75,7 +76,7 @@ def test_tfds_unlabeled_examples_are_listed_not_offered():
         )
 
     with tfds.testing.mock_data(as_dataset_fn=as_dataset):
-        source = get_source(PrepareConfig(source="tfds", tfds_name="mnist"))
+        source = get_source(PrepareConfig.build(source="tfds", tfds_name="mnist"))
         assert _ids(source) == _ids(source) == ["a"]
     assert source.rejected == [("b", "label -1 is not a class (unlabeled)")]
 
@@ -83,7 +84,7 @@ def test_tfds_unlabeled_examples_are_listed_not_offered():
 def test_tfds_end_to_end_prepare(tmp_path):
     with tfds.testing.mock_data(num_examples=12):
         result = prepare.prepare(
-            PrepareConfig(
+            PrepareConfig.build(
                 source="tfds",
                 tfds_name="cats_vs_dogs",
                 output_dir=str(tmp_path),
@@ -98,14 +99,14 @@ def test_tfds_end_to_end_prepare(tmp_path):
 
 def test_tfds_unknown_or_missing_name():
     with pytest.raises(UserError, match="list_builders"):
-        get_source(PrepareConfig(source="tfds", tfds_name="no_such_landmarks_dataset"))
+        get_source(PrepareConfig.build(source="tfds", tfds_name="no_such_landmarks_dataset"))
     with pytest.raises(UserError, match="--tfds_name is required"):
-        get_source(PrepareConfig(source="tfds"))
+        get_source(PrepareConfig.build(source="tfds"))
 
 
 def test_tfds_dataset_without_a_class_label_names_its_features():
     with tfds.testing.mock_data(num_examples=2), pytest.raises(UserError) as raised:
-        get_source(PrepareConfig(source="tfds", tfds_name="celeb_a"))
+        get_source(PrepareConfig.build(source="tfds", tfds_name="celeb_a"))
     assert "one Image and one ClassLabel" in str(raised.value)
     assert "attributes: FeaturesDict" in str(raised.value)
 
@@ -115,7 +116,7 @@ def test_tfds_offline_download_says_where_to_put_a_copy(tmp_path, monkeypatch):
         raise OSError("Failed to resolve 'storage.googleapis.com'")
 
     monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", offline)
-    config = PrepareConfig(source="tfds", tfds_name="mnist", tfds_data_dir=str(tmp_path))
+    config = PrepareConfig.build(source="tfds", tfds_name="mnist", tfds_data_dir=str(tmp_path))
     with pytest.raises(UserError) as raised:
         get_source(config)
     message = str(raised.value)
@@ -128,11 +129,20 @@ def test_tfds_real_prepared_dataset_and_unknown_split(tmp_path):
     # 4.9.10 needs importlib_resources to build one (tensorflow/datasets#11212).
     pytest.importorskip("importlib_resources")
     tfds.testing.DummyMnist(data_dir=str(tmp_path)).download_and_prepare()
-    config = PrepareConfig(source="tfds", tfds_name="dummy_mnist", tfds_data_dir=str(tmp_path))
+    config = PrepareConfig.build(
+        source="tfds", tfds_name="dummy_mnist", tfds_data_dir=str(tmp_path)
+    )
     source = get_source(config)
     assert len(_ids(source)) == 20 and source.info["tfds_name"] == "dummy_mnist/3.0.1"
     with pytest.raises(UserError, match="splits: test, train"):
-        get_source(dataclasses.replace(config, tfds_split="validation"))
+        get_source(
+            PrepareConfig.build(
+                source="tfds",
+                tfds_name="dummy_mnist",
+                tfds_data_dir=str(tmp_path),
+                tfds_split="validation",
+            )
+        )
 
 
 # --- existing TFRecords --------------------------------------------------------------------
@@ -204,7 +214,7 @@ def delf_shards(tmp_path) -> dict:
 
 
 def _tfrecords_config(input_dir: str, **overrides) -> PrepareConfig:
-    return PrepareConfig(
+    return PrepareConfig.build(
         **{"source": "tfrecords", "input_dir": input_dir, "tfrecords_label_offset": 1, **overrides}
     )
 

@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from lmrec import callbacks, config, performance, run_files
-from lmrec import train as train_module
+from lmrec import callbacks, config, console, performance, run_files, training
 from lmrec.data import records
 from lmrec.errors import UserError
 from lmrec.models import classifier
@@ -114,7 +113,7 @@ def test_select_epoch_decides_which_weights_are_kept(tmp_path, select, kept_epoc
 def test_unknown_select_epoch_is_rejected(tmp_path):
     experiment = small_demo_config(str(tmp_path), select_epoch="first")
     with pytest.raises(UserError, match="--select_epoch"):
-        train_module.validate(experiment)
+        training.validate(experiment)
 
 
 def test_arcface_run_evaluates_exports_and_reloads(tmp_path, demo_records):
@@ -177,7 +176,7 @@ def test_float16_compiles_with_loss_scaling_and_jit_compile_follows_the_flag(tmp
     experiment = small_demo_config(str(tmp_path), jit_compile=jit_compile)
     with performance.dtype_policy(performance.dtype_policy_name("float16")):
         model = classifier.build_classifier(experiment.model, 4, 32)
-    train_module.prepare_phase(model, "frozen", 1e-3, 1, 1, experiment)
+    training.prepare_phase(model, "frozen", 1e-3, 1, 1, experiment)
     assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
     assert model.jit_compile is (jit_compile == "true")
     assert keras.mixed_precision.global_policy().name == "float32"
@@ -209,7 +208,35 @@ def test_slow_settings_on_cpu_warn_without_refusing():
 def test_bad_performance_and_callback_flags_are_rejected(tmp_path, flag, value):
     experiment = small_demo_config(str(tmp_path), **{flag: value})
     with pytest.raises(UserError, match=f"--{flag}"):
-        train_module.validate(experiment)
+        training.validate(experiment)
+
+
+@pytest.mark.parametrize(
+    "flag, value, closest",
+    [
+        ("early_stopping_metric", "val_acuracy", "val_accuracy"),
+        ("cache_frozen_features", "of", "off"),
+    ],
+)
+def test_unknown_names_list_the_valid_ones_and_the_closest(tmp_path, flag, value, closest):
+    experiment = small_demo_config(str(tmp_path), **{flag: value})
+    with pytest.raises(UserError, match=f"did you mean '{closest}'.*valid .* names: "):
+        training.validate(experiment)
+
+
+def test_quiet_mode_silences_the_messages_and_verbose_brings_them(tmp_path, demo_records, capsys):
+    experiment = _tiny(tmp_path, demo_records, balance="class_weights")
+    with console.quiet():
+        result = train_and_evaluate(experiment)  # verbose, but the console is quiet
+    quiet = capsys.readouterr()
+    assert quiet.err == "" and quiet.out == "", "no message, no progress bar"
+    assert result.history and not console.is_quiet(), "quiet ends with the block"
+
+    train_and_evaluate(experiment, verbose=False)  # finished: evaluates and exports only
+    assert capsys.readouterr().err == ""
+    train_and_evaluate(experiment)
+    err = capsys.readouterr().err
+    assert "already finished" in err and "Balance: class_weights" in err and "Done in" in err
 
 
 def _summaries(folder: str) -> dict[str, list[tuple[int, str]]]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from lmrec.errors import UserError
+from lmrec.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -39,8 +39,8 @@ def _randaugment(seed: int):
 def _shift_and_color_jitter(seed: int):
     """Width/height shift (10%, reflected edges) then brightness, contrast, saturation jitter.
 
-    With the crop and flip of every policy this is the seed projects' set (flip,
-    crop, width/height shift, colour jitter), here as keras-cv layers that run
+    With the crop and flip of every policy this is the classic transfer-learning
+    set (flip, crop, width/height shift, colour jitter), as keras-cv layers that run
     inside tf.data on whole batches, each image with its own random draw.
     Brightness, contrast and saturation are keras-cv's RandomColorJitter without
     its hue step: the hue round trip through HSV doubles the cost, and a landmark's
@@ -65,15 +65,23 @@ def _shift_and_color_jitter(seed: int):
     return apply
 
 
-AUGMENTATIONS: dict[str, AugmentPolicy] = {
-    "none": AugmentPolicy(random_crop=False, flip=False),
-    # Random resized crop (decoded as a crop) and a left-right flip. The default: the
-    # training pipeline runs as fast as evaluation's (benchmarks/input_pipeline.py).
-    "light": AugmentPolicy(random_crop=True, flip=True),
-    # light, then width/height shift and colour jitter on each batch.
-    "seeds": AugmentPolicy(random_crop=True, flip=True, batch_layer=_shift_and_color_jitter),
-    "randaugment": AugmentPolicy(random_crop=True, flip=True, batch_layer=_randaugment),
-}
+AUGMENTATIONS: Registry[AugmentPolicy] = Registry(
+    "augmentation policy",
+    {
+        "none": AugmentPolicy(random_crop=False, flip=False),
+        # Random resized crop (decoded as a crop) and a left-right flip. The default: the
+        # training pipeline runs as fast as evaluation's (benchmarks/input_pipeline.py).
+        "light": AugmentPolicy(random_crop=True, flip=True),
+        # light, then width/height shift and colour jitter on each batch.
+        "shift_jitter": AugmentPolicy(
+            random_crop=True, flip=True, batch_layer=_shift_and_color_jitter
+        ),
+        "randaugment": AugmentPolicy(random_crop=True, flip=True, batch_layer=_randaugment),
+    },
+    flag="augment",
+    # Old names, so a flagfile written before a rename fails with the new name in the message.
+    renamed={"crop_flip": "light"},
+)
 
 
 def _mixup(seed: int):
@@ -91,26 +99,29 @@ def _cutmix(seed: int):
 # Batch-level mixing of images *and* labels (so it runs after labels are one-hot): blends
 # two photos (MixUp) or pastes a patch of one into another (CutMix), with the label mixed
 # in proportion. A regularizer for small datasets with ambiguous classes.
-MIXING: dict[str, Callable[[int], Callable] | None] = {
-    "none": None,
-    "mixup": _mixup,
-    "cutmix": _cutmix,
-}
+MIXING: Registry[Callable[[int], Callable] | None] = Registry(
+    "mixing",
+    {
+        "none": None,
+        "mixup": _mixup,
+        "cutmix": _cutmix,
+    },
+)
 
 
 def check_mixing(name: str) -> None:
-    if name not in MIXING:
-        raise UserError(f"Unknown --mixing={name!r}; valid: {', '.join(sorted(MIXING))}")
+    """Raises UserError for an unknown --mixing."""
+    MIXING.get(name)
 
 
 def mix_batches(dataset, name: str, seed: int | None):
     """Applies the named mixing to a dataset of (images, one-hot labels) training batches."""
     import tensorflow as tf
 
-    check_mixing(name)
-    if MIXING[name] is None:
+    build_layer = MIXING.get(name)
+    if build_layer is None:
         return dataset
-    layer = MIXING[name](seed or 0)
+    layer = build_layer(seed or 0)
 
     def mix(images, labels):
         mixed = layer({"images": images, "labels": tf.cast(labels, tf.float32)}, training=True)
@@ -119,15 +130,6 @@ def mix_batches(dataset, name: str, seed: int | None):
     return dataset.map(mix, num_parallel_calls=tf.data.AUTOTUNE)
 
 
-# Old names, so a flagfile written before a rename fails with the new name in the message.
-RENAMED = {"crop_flip": "light"}
-
-
 def get_policy(name: str) -> AugmentPolicy:
-    try:
-        return AUGMENTATIONS[name]
-    except KeyError:
-        hint = f" (renamed to --augment={RENAMED[name]})" if name in RENAMED else ""
-        raise UserError(
-            f"Unknown --augment={name!r}{hint}; valid policies: {', '.join(sorted(AUGMENTATIONS))}"
-        ) from None
+    """The --augment policy called name; an unknown name raises UserError."""
+    return AUGMENTATIONS.get(name)

@@ -52,6 +52,7 @@ from tqdm import tqdm
 
 from lmrec import atomic
 from lmrec.config import PrepareConfig
+from lmrec.data import sources
 from lmrec.data.sources import gldv2
 from lmrec.errors import UserError
 
@@ -63,8 +64,7 @@ PART_SUFFIX = ".part"
 
 # The header row of each GLDv2 CSV (what lmrec.data.sources.gldv2 reads).
 CSV_HEADERS = {
-    "train.csv": ("id", "url", "landmark_id"),
-    "train_clean.csv": ("landmark_id", "images"),
+    **{listed.file: listed.header for _, listed in gldv2.CSV_LISTS.items()},
     gldv2.CATEGORY_FILE: ("landmark_id", "category"),
 }
 # GLDv2 images are at most a few MB; a tar member larger than this is not written.
@@ -581,8 +581,9 @@ def download_gldv2(
     A plain http:// --gldv2_url is warned about on stderr and in the summary.
 
     Args:
-      config: gldv2_dir, gldv2_url, gldv2_csv, gldv2_tars, download_jobs and the
-        selection fields (min/max_images_per_class, num_classes, class_selection, classes).
+      config: a --source=gldv2 config: its seed, and the source options gldv2_dir,
+        gldv2_url, gldv2_csv, gldv2_tars, download_jobs and the selection
+        (min/max_images_per_class, num_classes, class_selection, classes).
       keep_tars: keep each tar after extraction.
       verbose: progress bar and one line per extracted tar.
 
@@ -592,33 +593,35 @@ def download_gldv2(
     Raises:
       UserError: a bad flag, a failed download or md5 check, or a damaged tar.
     """
-    if not config.gldv2_dir:
+    if config.source != "gldv2":
+        raise UserError(f"Downloading GLDv2 needs --source=gldv2, got --source={config.source}")
+    options = sources.options_of(config)
+    if not options.gldv2_dir:
         raise UserError("--gldv2_dir is required: the folder to download Google Landmarks v2 into")
-    if config.gldv2_csv not in gldv2.CSV_FILES:
-        raise UserError(f"--gldv2_csv={config.gldv2_csv!r}; valid: {', '.join(gldv2.CSV_FILES)}")
-    tars = parse_tar_list(config.gldv2_tars)
-    os.makedirs(config.gldv2_dir, exist_ok=True)
-    warnings = [w for w in [_plain_http_warning(config.gldv2_url)] if w is not None]
+    listed = gldv2.CSV_LISTS.get(options.gldv2_csv)  # an unknown --gldv2_csv fails here
+    tars = parse_tar_list(options.gldv2_tars)
+    os.makedirs(options.gldv2_dir, exist_ok=True)
+    warnings = [w for w in [_plain_http_warning(options.gldv2_url)] if w is not None]
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr, flush=True)
 
-    csvs = official_files(config.gldv2_url, [], [config.gldv2_csv, LABEL_CSV])
-    csv_summary = download(csvs, config.gldv2_dir, config.download_jobs, verbose=verbose)
+    csvs = official_files(options.gldv2_url, [], [listed.file, LABEL_CSV])
+    csv_summary = download(csvs, options.gldv2_dir, options.download_jobs, verbose=verbose)
 
-    selected = gldv2.selected_image_ids(config)
+    selected = gldv2.selected_image_ids(options, config.seed)
     wanted = None if selected is None else set(selected)
     if wanted is not None and not wanted:
         raise UserError(
             "The selection flags (--classes, --num_classes, --min_images_per_class, ...) pick "
-            f"no image of {config.gldv2_csv}.csv; loosen them"
+            f"no image of {listed.file}; loosen them"
         )
     selection = _selection_fingerprint(wanted)
 
-    tar_files = official_files(config.gldv2_url, tars, [])
+    tar_files = official_files(options.gldv2_url, tars, [])
     pending = []
     done_before = 0
     for remote in tar_files:
-        if _marker_matches(config.gldv2_dir, remote, selection):
+        if _marker_matches(options.gldv2_dir, remote, selection):
             done_before += 1
         else:
             pending.append(remote)
@@ -629,10 +632,10 @@ def download_gldv2(
 
     def extract(remote: RemoteFile, result: FetchResult) -> None:
         nonlocal deleted
-        counts = extract_selected(result.path, wanted, config.gldv2_dir)
+        counts = extract_selected(result.path, wanted, options.gldv2_dir)
         os.sync()  # the extracted images are on the disk before the marker says so
         atomic.write_json(
-            _marker_path(config.gldv2_dir, remote),
+            _marker_path(options.gldv2_dir, remote),
             {
                 "tar": os.path.basename(remote.path),
                 "md5": result.md5,
@@ -653,14 +656,14 @@ def download_gldv2(
             )
 
     tar_summary = download(
-        pending, config.gldv2_dir, config.download_jobs, on_complete=extract, verbose=verbose
+        pending, options.gldv2_dir, options.download_jobs, on_complete=extract, verbose=verbose
     )
     missing = None
     if wanted is not None:
         missing = sum(
             1
             for image_id in wanted
-            if not os.path.exists(_safe_image_path(config.gldv2_dir, image_id))
+            if not os.path.exists(_safe_image_path(options.gldv2_dir, image_id))
         )
     return GLDv2Summary(
         download=DownloadSummary(

@@ -28,7 +28,6 @@ from typing import TypeVar
 import numpy as np
 from PIL import Image, UnidentifiedImageError, features
 
-from lmrec.config import PredictConfig, field_default
 from lmrec.errors import UserError
 
 # Extensions a photo folder may use; matched case-insensitively. HEIC/HEIF (phones) need
@@ -79,10 +78,11 @@ _FOREIGN_SIGNATURES = (
     (b"\x1f\x8b", "gzip"), (b"<?xml", "XML"), (b"<svg", "SVG"),
 )  # fmt: skip
 
-# Defaults of what one photo may cost; predict's flags override them (lmrec.config).
-MAX_FILE_MB = field_default(PredictConfig, "max_file_mb")
-MAX_MEGAPIXELS = field_default(PredictConfig, "max_megapixels")
-DECODE_MEMORY_MB = field_default(PredictConfig, "decode_memory_mb")
+# Defaults of what one photo may cost; PredictConfig's fields (lmrec.config) start from
+# these and predict's flags override them.
+MAX_FILE_MB = 128
+MAX_MEGAPIXELS = 100
+DECODE_MEMORY_MB = 512
 
 # Pillow's own guard, Image.MAX_IMAGE_PIXELS, is switched off in favour of Limits.max_pixels:
 # it counts the header's size before a JPEG's DCT scaling (refusing a 200 MP camera JPEG

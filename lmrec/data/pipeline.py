@@ -14,12 +14,10 @@ parallelism, in any order when training; training decodes only its crop
 (decode_and_crop_jpeg); and a JPEG at least twice the model input on both sides
 is decoded at 1/2 or 1/4 scale by libjpeg's scaled IDCT (DCT downscaling), which
 skips most of the decoding and shrinks the resize; the result still is at least
-the model input, so the antialiased resize only ever shrinks it. On real photos
-(800x600 and 2400x1800 to 224 px) the model input then differs from a full
-decode's by 0.5-1 level of 255 on average, less than an area resize of the full
-decode differs from the antialiased bilinear one (1.2-1.8). The 1/8 scale keeps
-only each 8x8 block's mean and differed by 1.5-2.8 levels, more than that, so it
-is not used.
+the model input, so the antialiased resize only ever shrinks it, and the pixels
+stay within about a level of 255 of a full decode's (tests/test_pipeline.py
+bounds the difference). The 1/8 scale keeps only each 8x8 block's mean, which
+moves the pixels further than the choice of resize filter does, so it is not used.
 """
 
 from __future__ import annotations
@@ -31,18 +29,26 @@ import tensorflow as tf
 
 from lmrec.data import augment, images, records
 from lmrec.errors import UserError
+from lmrec.registry import Registry
 
 AUTOTUNE = tf.data.AUTOTUNE
 # Scales at which JPEGs are decoded (libjpeg's scaled IDCT; 1/8 is left out, see above).
 DCT_SCALES = (1, 2, 4)
 
 # --balance: how training copes with long-tailed classes. Evaluation never balances.
-BALANCE = ("none", "class_weights", "resample")
+BALANCE: Registry[str] = Registry(
+    "balance",
+    {
+        "none": "records as they come",
+        "class_weights": "the loss weighted by inverse class frequency (class_weights)",
+        "resample": "classes drawn uniformly while reading (resample_balanced)",
+    },
+)
 
 
 def check_balance(name: str) -> None:
-    if name not in BALANCE:
-        raise UserError(f"Unknown --balance={name!r}; valid: {', '.join(BALANCE)}")
+    """Raises UserError for an unknown --balance."""
+    BALANCE.get(name)
 
 
 def decode_and_resize(encoded: tf.Tensor, image_size: int) -> tf.Tensor:

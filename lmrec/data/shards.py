@@ -7,8 +7,8 @@ result file beside it, and knows nothing about who called it. So the same
 function runs
 
   * in this process (--num_workers=1),
-  * in worker processes on this machine (RUNNERS["local"]), or
-  * as an Apache Beam pipeline (RUNNERS["beam"]; DirectRunner here, Dataflow,
+  * in worker processes on this machine (--runner=local), or
+  * as an Apache Beam pipeline (--runner=beam; DirectRunner here, Dataflow,
     Flink or Spark for the full 4.1M GLDv2 images),
 
 and the dataset is the same whichever ran it. Each shard and its result file are
@@ -30,10 +30,13 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import tensorflow as tf
+
 from lmrec import atomic
-from lmrec.data import images
+from lmrec.data import images, records
 from lmrec.data.sources import SourceItem
 from lmrec.errors import UserError
+from lmrec.registry import Registry
 
 RESULTS_DIR = ".done"  # inside the work folder: one <shard>.json per finished shard
 SIZE_BUCKET = 32  # image sizes are counted in buckets of this many pixels
@@ -51,8 +54,6 @@ class ShardSpec:
 
     @property
     def name(self) -> str:
-        from lmrec.data import records
-
         return records.shard_name(self.split, self.index, self.count)
 
 
@@ -95,8 +96,6 @@ class ShardBuilder:
     """Converts items and writes them into one shard; finish() renames it into place."""
 
     def __init__(self, spec: ShardSpec, options: WriteOptions):
-        import tensorflow as tf
-
         self._spec = spec
         self._options = options
         self._path = os.path.join(options.directory, spec.name)
@@ -113,8 +112,6 @@ class ShardBuilder:
         }
 
     def add(self, item: SourceItem) -> None:
-        from lmrec.data import records
-
         result = self.result
         try:
             converted = images.convert(item.read(), item.image_id, self._options.max_side)
@@ -234,12 +231,19 @@ def run_beam(specs: Sequence[ShardSpec], options: WriteOptions, beam_options: st
         )
 
 
-RUNNERS = ("local", "beam")
+# --runner: who writes the shards of a non-streaming source (prepare calls run_local or run_beam).
+RUNNERS: Registry[str] = Registry(
+    "runner",
+    {
+        "local": "worker processes on this machine (run_local)",
+        "beam": "an Apache Beam pipeline (run_beam), --beam_options picks where",
+    },
+)
 
 
 def check_runner(runner: str) -> None:
-    if runner not in RUNNERS:
-        raise UserError(f"Unknown --runner={runner!r}; valid runners: {', '.join(RUNNERS)}")
+    """Raises UserError for an unknown --runner."""
+    RUNNERS.get(runner)
 
 
 def write_streaming(

@@ -5,18 +5,17 @@ python -m lmrec.export --model_dir=runs/demo [--export_dir=export] [--tflite=flo
 
 from __future__ import annotations
 
+from absl import flags
+
+from lmrec import cli, config
 from lmrec.errors import UserError
 from lmrec.export import tflite
 from lmrec.export.savedmodel import export_saved_model
 
 
 def main(argv: list[str]) -> int:
-    from absl import flags
-
-    from lmrec import config as config_lib
-
-    export_config = config_lib.from_flags(config_lib.ExportConfig, flags.FLAGS)
-    model_dir = config_lib.from_flags(config_lib.TrainConfig, flags.FLAGS).model_dir
+    export_config = config.from_flags(config.ExportConfig, flags.FLAGS)
+    model_dir = flags.FLAGS.model_dir
     if not model_dir:
         raise UserError("--model_dir is required")
     # Checked before the export, so a typo does not leave a version behind.
@@ -24,7 +23,7 @@ def main(argv: list[str]) -> int:
     path = export_saved_model(model_dir, export_config)
     print(path)
     if variants:
-        data = config_lib.from_flags(config_lib.EvaluateConfig, flags.FLAGS).data
+        data = flags.FLAGS.data
         report = tflite.export_tflite(
             path, variants, data=data, max_images=export_config.tflite_check_images
         )
@@ -33,9 +32,7 @@ def main(argv: list[str]) -> int:
 
 
 def run() -> None:
-    from lmrec import cli, flags  # noqa: F401 - defines the flags.
-
-    cli.run_stage(main, positional=False)
+    cli.run_stage("export", main, positional=False)
 
 
 if __name__ == "__main__":

@@ -41,12 +41,12 @@ def export_onnx(trained, folder: str, images, reference, labels, num_threads) ->
     atomic.write_bytes(path, proto.SerializeToString())
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = num_threads
-    session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-    input_name = session.get_inputs()[0].name
-    session.run(None, {input_name: images[:1]})
+    runtime = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    input_name = runtime.get_inputs()[0].name
+    runtime.run(None, {input_name: images[:1]})
     start = time.perf_counter()
     probs = np.concatenate(
-        [session.run(None, {input_name: images[i : i + 1]})[0] for i in range(len(images))]
+        [runtime.run(None, {input_name: images[i : i + 1]})[0] for i in range(len(images))]
     )
     rate = len(images) / (time.perf_counter() - start)
     return check("onnx", path, probs, rate, reference, labels)

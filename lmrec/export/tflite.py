@@ -37,6 +37,7 @@ from lmrec.data import held_out
 from lmrec.errors import UserError
 from lmrec.export import agreement, savedmodel
 from lmrec.export import onnx as onnx_export
+from lmrec.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -48,11 +49,15 @@ class Variant:
 
 
 # Dynamic-range int8: weights stored as int8, activations stay float (no calibration data).
-VARIANTS = {
-    "float32": Variant(optimize=False),
-    "float16": Variant(optimize=True, float16=True),
-    "int8": Variant(optimize=True),
-}
+VARIANTS: Registry[Variant] = Registry(
+    "tflite variant",
+    {
+        "float32": Variant(optimize=False),
+        "float16": Variant(optimize=True, float16=True),
+        "int8": Variant(optimize=True),
+    },
+    flag="tflite",
+)
 FOLDER_SUFFIX = "_tflite"
 LABELS_FILE = "labels.txt"
 REPORT_FILE = "tflite_report.json"
@@ -65,14 +70,7 @@ def parse_variants(text: str) -> list[str]:
     Raises:
       UserError: an unknown name (the message lists the valid ones).
     """
-    names = [name.strip() for name in text.split(",") if name.strip()]
-    unknown = [name for name in names if name not in VARIANTS]
-    if unknown:
-        raise UserError(
-            f"Unknown --tflite variant {', '.join(map(repr, unknown))}; "
-            f"valid: {', '.join(VARIANTS)} (comma-separated)"
-        )
-    return list(dict.fromkeys(names))
+    return VARIANTS.parse_names(text)
 
 
 def check_settings(variants: str, max_images: int) -> list[str]:
@@ -116,7 +114,7 @@ def convert(trained, variants: Sequence[str]) -> dict[str, bytes]:
         archive.write_out(tmp, verbose=False)
         flatbuffers = {}
         for name in variants:
-            variant = VARIANTS[name]
+            variant = VARIANTS.get(name)
             converter = tf.lite.TFLiteConverter.from_saved_model(tmp)
             converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
             if variant.optimize:
@@ -184,7 +182,9 @@ def export_tflite(
     """
     variants = check_settings(",".join(variants), max_images)
     if not variants:
-        raise UserError(f"--tflite names no variant; valid: {', '.join(VARIANTS)}")
+        raise UserError(
+            f"--tflite names no variant; valid {VARIANTS.kind} names: {', '.join(VARIANTS)}"
+        )
     metadata = savedmodel.read_metadata(saved_model_dir)
     if trained is None:
         try:

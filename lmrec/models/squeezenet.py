@@ -1,4 +1,4 @@
-"""SqueezeNet 1.1 (Iandola et al. 2016), the seeds' deployable model, as a Keras backbone.
+"""SqueezeNet 1.1 (Iandola et al. 2016), a small deployable network, as a Keras backbone.
 
 The layout is torchvision's squeezenet1_1 (the 1.1 of the authors' Caffe
 release): a 3x3/2 convolution with 64 filters, then fire modules fire2..fire9

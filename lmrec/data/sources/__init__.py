@@ -1,104 +1,71 @@
-"""Where photos come from. SOURCES maps a --source name to a function(PrepareConfig) -> Source.
+"""Where photos come from: SOURCES names each --source, its entry point and its options.
 
 Each source lists candidate images lazily; lmrec.prepare validates, splits and
 writes them. A source never decides labels: prepare assigns contiguous labels
 to the classes that end up with at least one valid image.
+
+A source's own settings are a frozen dataclass in its module (DemoOptions, ...)
+declared with lmrec.settings.setting(), so each becomes a flag of lmrec.prepare
+and lmrec.train. PrepareConfig.source_options holds the chosen source's values
+by name; options_of() turns them into that dataclass. A new source is a module
+with its options class and source(config, options), plus one row here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-from lmrec.config import PrepareConfig
+from lmrec.data.sources import demo, folders, gldv2, tfds_source, tfrecords_source
+from lmrec.data.sources.base import Source, SourceItem
 from lmrec.errors import UserError
+from lmrec.registry import Registry
+
+if TYPE_CHECKING:  # annotations only: lmrec.config imports the sources
+    from lmrec.config import PrepareConfig
+
+__all__ = ["SOURCES", "Source", "SourceItem", "SourceSpec", "get_source", "options_of"]
 
 
 @dataclass(frozen=True)
-class SourceItem:
-    """One candidate image: where to read it and which class it belongs to."""
+class SourceSpec:
+    """One --source: open(config, options) -> Source, and the class of its options."""
 
-    image_id: str
-    class_name: str
-    path: str = ""  # a file to read, or ...
-    load: Callable[[], bytes] | None = None  # ... a function returning the bytes.
-    landmark_id: str = ""
-
-    def read(self) -> bytes:
-        """Returns the image bytes; raises BadImage when the file cannot be read."""
-        from lmrec.data import images
-
-        if self.load is not None:
-            return self.load()
-        return images.read_file(self.path)
+    open: Callable[[PrepareConfig, Any], Source]
+    options: type
 
 
-@dataclass
-class Source:
-    """What a source provides: class names in label order, and candidate items."""
-
-    name: str
-    class_names: list[str]
-    items: Callable[[], Iterator[SourceItem]]
-    # Files the source saw but could not offer at all (not in a class folder, wrong type).
-    rejected: list[tuple[str, str]] = field(default_factory=list)
-    # Optional source-specific ids per class name (e.g. GLDv2 landmark ids).
-    landmark_ids: dict[str, str] = field(default_factory=dict)
-    # False: items are small and picklable (a path, or a functools.partial that makes the
-    # bytes), so prepare lists them all, splits them and hands shards to worker processes.
-    # True: items carry bytes read from a stream (TFDS, existing TFRecords); items() can be
-    # called again and yields the same items in the same order, so prepare reads it twice:
-    # once for ids and classes (the split), once to write, never holding every image.
-    streaming: bool = False
-    # What the source wants recorded in stats.json (e.g. GLDv2's selection and bad CSV rows).
-    info: dict = field(default_factory=dict)
+SOURCES: Registry[SourceSpec] = Registry(
+    "source",
+    {
+        "demo": SourceSpec(demo.source, demo.DemoOptions),
+        "folder": SourceSpec(folders.source, folders.FolderOptions),
+        "gldv2": SourceSpec(gldv2.source, gldv2.Gldv2Options),
+        "tfds": SourceSpec(tfds_source.source, tfds_source.TfdsOptions),
+        "tfrecords": SourceSpec(tfrecords_source.source, tfrecords_source.TfrecordsOptions),
+    },
+)
 
 
-def _demo(config: PrepareConfig) -> Source:
-    from lmrec.data.sources import demo
+def options_of(config: PrepareConfig) -> Any:
+    """The chosen source's options: its dataclass built from config.source_options.
 
-    return demo.source(config)
-
-
-def _folder(config: PrepareConfig) -> Source:
-    from lmrec.data.sources import folders
-
-    return folders.source(config.input_dir)
-
-
-def _gldv2(config: PrepareConfig) -> Source:
-    from lmrec.data.sources import gldv2
-
-    return gldv2.source(config)
-
-
-def _tfds(config: PrepareConfig) -> Source:
-    from lmrec.data.sources import tfds_source
-
-    return tfds_source.source(config)
-
-
-def _tfrecords(config: PrepareConfig) -> Source:
-    from lmrec.data.sources import tfrecords_source
-
-    return tfrecords_source.source(config)
-
-
-SOURCES: dict[str, Callable[[PrepareConfig], Source]] = {
-    "demo": _demo,
-    "folder": _folder,
-    "gldv2": _gldv2,
-    "tfds": _tfds,
-    "tfrecords": _tfrecords,
-}
+    Raises:
+      UserError: an unknown --source, or an option the source does not have.
+    """
+    options_class = SOURCES.get(config.source).options
+    known = {field.name for field in dataclasses.fields(options_class)}
+    unknown = sorted(set(config.source_options) - known)
+    if unknown:
+        raise UserError(
+            f"--source={config.source} has no option {', '.join(unknown)}; its options: "
+            f"{', '.join(sorted(known)) or '(none)'}"
+        )
+    return options_class(**config.source_options)
 
 
 def get_source(config: PrepareConfig) -> Source:
-    """Looks up and opens the source named by config.source."""
-    try:
-        factory = SOURCES[config.source]
-    except KeyError:
-        raise UserError(
-            f"Unknown --source={config.source!r}; valid sources: {', '.join(sorted(SOURCES))}"
-        ) from None
-    return factory(config)
+    """Looks up and opens the source named by config.source with its options."""
+    return SOURCES.get(config.source).open(config, options_of(config))

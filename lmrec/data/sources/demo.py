@@ -30,9 +30,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-if TYPE_CHECKING:  # only for annotations; keeps this module free of heavier imports
+from lmrec.data.sources.base import Source, SourceItem
+from lmrec.errors import UserError
+from lmrec.settings import setting
+
+if TYPE_CHECKING:  # annotations only: lmrec.config imports the sources
     from lmrec.config import PrepareConfig
-    from lmrec.data.sources import Source
 
 __all__ = [
     "CLASS_NAMES",
@@ -929,15 +932,24 @@ def _encoded(label: int, index: int, image_size: int, seed: int) -> bytes:
     return encode_jpeg(render(label, index, image_size=image_size, seed=seed))
 
 
-def source(config: PrepareConfig) -> Source:
+@dataclass(frozen=True)
+class DemoOptions:
+    """--source=demo's options."""
+
+    demo_images_per_class: int = setting(150, "For --source=demo: images drawn per class.")
+    demo_image_size: int = setting(128, "For --source=demo: side of the drawn images in pixels.")
+
+
+def source(config: PrepareConfig, options: DemoOptions) -> Source:
     """Opens the demo data set as an ``lmrec.prepare`` source (``--source=demo``).
 
-    Uses all :data:`CLASS_NAMES`, ``config.demo_images_per_class`` images per class (interleaved
-    by class, as in :func:`generate`), ``config.demo_image_size`` pixels and ``config.seed``.
-    Images are drawn lazily, when an item's bytes are read.
+    Uses all :data:`CLASS_NAMES`, ``options.demo_images_per_class`` images per class
+    (interleaved by class, as in :func:`generate`), ``options.demo_image_size`` pixels and
+    ``config.seed``. Images are drawn lazily, when an item's bytes are read.
 
     Args:
-        config: The prepare settings.
+        config: The prepare settings (its seed).
+        options: The demo's own settings.
 
     Returns:
         A ``Source`` named ``"demo"`` whose item ids match :class:`DemoImage` ids.
@@ -945,10 +957,7 @@ def source(config: PrepareConfig) -> Source:
     Raises:
         lmrec.errors.UserError: If a demo flag is out of range; the message names the flag.
     """
-    from lmrec.data.sources import Source, SourceItem
-    from lmrec.errors import UserError
-
-    per_class, size, seed = config.demo_images_per_class, config.demo_image_size, config.seed
+    per_class, size, seed = options.demo_images_per_class, options.demo_image_size, config.seed
     if per_class < 1:
         raise UserError(f"--demo_images_per_class must be >= 1, got {per_class}")
     if size < MIN_IMAGE_SIZE:

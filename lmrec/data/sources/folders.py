@@ -11,10 +11,20 @@ from __future__ import annotations
 import os
 import unicodedata
 from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from lmrec.data import images
-from lmrec.data.sources import Source, SourceItem
+from lmrec.data.sources.base import Source, SourceItem
 from lmrec.errors import UserError
+
+if TYPE_CHECKING:  # annotations only: lmrec.config imports the sources
+    from lmrec.config import PrepareConfig
+
+
+@dataclass(frozen=True)
+class FolderOptions:
+    """--source=folder has no options of its own: it reads --input_dir."""
 
 
 def list_class_folder(
@@ -101,9 +111,9 @@ def _why_not_offered(path: str) -> str:
     return ""
 
 
-def source(input_dir: str) -> Source:
-    """Opens a class-per-subfolder archive as a prepare source."""
-    class_names, found, rejected = list_class_folder(input_dir)
+def source(config: PrepareConfig, options: FolderOptions) -> Source:
+    """Opens the class-per-subfolder archive in config.input_dir as a prepare source."""
+    class_names, found, rejected = list_class_folder(config.input_dir)
 
     def items() -> Iterator[SourceItem]:
         for relative, path, class_name in found:

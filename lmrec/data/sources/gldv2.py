@@ -1,4 +1,4 @@
-"""Google Landmarks v2 (train set) as a prepare source, with the seeds' subset selections.
+"""Google Landmarks v2 (train set) as a prepare source, with subset selections.
 
     python -m lmrec.prepare --source=gldv2 --gldv2_dir=~/gldv2 --gldv2_csv=train_clean \
         --min_images_per_class=250 --num_classes=100 --max_images_per_class=600
@@ -26,16 +26,70 @@ import os
 import random
 import re
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from lmrec.config import PrepareConfig
-from lmrec.data.sources import Source, SourceItem
+from lmrec.data.sources.base import Source, SourceItem
 from lmrec.errors import UserError
+from lmrec.registry import Registry
+from lmrec.settings import setting
 
-CSV_FILES = {"train": "train.csv", "train_clean": "train_clean.csv"}
+if TYPE_CHECKING:  # annotations only: lmrec.config imports the sources
+    from lmrec.config import PrepareConfig
+
+
+@dataclass(frozen=True)
+class Gldv2Options:
+    """--source=gldv2's options; the selection and download ones also serve
+    scripts/download_gldv2.py."""
+
+    gldv2_dir: str = setting(
+        "",
+        "For --source=gldv2: folder with train.csv or train_clean.csv, "
+        "train_label_to_category.csv and the images as train/a/b/c/abc....jpg.",
+    )
+    gldv2_csv: str = setting("train", "Which GLDv2 list to read: train | train_clean.")
+    min_images_per_class: int = setting(0, "Keep classes with at least this many images.")
+    max_images_per_class: int = setting(0, "Cap per class (a seeded random sample); 0: no cap.")
+    num_classes: int = setting(
+        0, "Keep this many of the classes that pass the other filters; 0: all."
+    )
+    class_selection: str = setting(
+        "most", "With --num_classes: most (the most populous) | random (seeded sample)."
+    )
+    classes: str = setting(
+        "",
+        "Comma-separated landmark ids to keep; overrides --num_classes (the image-count "
+        "filters still apply).",
+    )
+    gldv2_url: str = setting(
+        "https://s3.amazonaws.com/google-landmark",
+        "Base URL of the GLDv2 files (official mirror or your own).",
+    )
+    gldv2_tars: str = setting(
+        "all", "For scripts/download_gldv2.py: image tar shards to download: all | e.g. 0-9,17."
+    )
+    download_jobs: int = setting(4, "For scripts/download_gldv2.py: parallel downloads.")
+
+
+@dataclass(frozen=True)
+class CsvList:
+    """One of GLDv2's image lists: its file name and header row."""
+
+    file: str
+    header: tuple[str, ...]
+
+
+CSV_LISTS = Registry(
+    "GLDv2 list",
+    {
+        "train": CsvList("train.csv", ("id", "url", "landmark_id")),
+        "train_clean": CsvList("train_clean.csv", ("landmark_id", "images")),
+    },
+    flag="gldv2_csv",
+)
 CATEGORY_FILE = "train_label_to_category.csv"
-CLASS_SELECTIONS = ("most", "random")
 _ID = re.compile(r"^[0-9a-zA-Z]{3,64}$")  # ids become paths: nothing else is allowed
 # train_clean.csv lists a landmark's image ids in one field: 17 bytes an image, so a
 # landmark of 10,000 photos passes the csv module's default 128 KiB field limit.
@@ -60,51 +114,55 @@ class Selection:
     info: dict = field(default_factory=dict)
 
 
-def selected_image_ids(config: PrepareConfig) -> set[str]:
+def selected_image_ids(options: Gldv2Options, seed: int) -> set[str]:
     """Every image id of the subset the selection flags choose (for the downloader)."""
-    return {i for ids in select(config).images.values() for i in ids}
+    return {i for ids in select(options, seed).images.values() for i in ids}
 
 
-def select(config: PrepareConfig) -> Selection:
+def select(options: Gldv2Options, seed: int) -> Selection:
     """Reads the chosen CSV twice (counts, then ids) and applies the selection flags.
+
+    Args:
+      options: the GLDv2 folder, list and selection flags.
+      seed: seeds --class_selection=random and --max_images_per_class.
 
     Raises:
       UserError: a missing folder or CSV, bad selection flags, or nothing selected.
     """
-    path = _csv_path(config)
-    _check_flags(config)
+    path = _csv_path(options)
+    _check_flags(options)
     counts: collections.Counter[str] = collections.Counter()
     malformed: list[tuple[str, str]] = []
     rows = 0
-    for _, _, landmark_id in _rows(path, config.gldv2_csv, malformed):
+    for _, _, landmark_id in _rows(path, options.gldv2_csv, malformed):
         counts[landmark_id] += 1
         rows += 1
     funnel: dict[str, int] = {}
-    chosen = _choose_classes(counts, config, funnel)
+    chosen = _choose_classes(counts, options, seed, funnel)
     wanted = set(chosen)
     images: dict[str, list[str]] = {landmark: [] for landmark in chosen}
     seen: set[str] = set()
-    for _, image_id, landmark_id in _rows(path, config.gldv2_csv, None):
+    for _, image_id, landmark_id in _rows(path, options.gldv2_csv, None):
         if landmark_id in wanted and image_id not in seen:
             seen.add(image_id)
             images[landmark_id].append(image_id)
-    rng = random.Random(config.seed)
-    if config.max_images_per_class > 0:
+    rng = random.Random(seed)
+    if options.max_images_per_class > 0:
         for landmark, ids in images.items():
-            if len(ids) > config.max_images_per_class:
-                images[landmark] = sorted(rng.sample(sorted(ids), config.max_images_per_class))
+            if len(ids) > options.max_images_per_class:
+                images[landmark] = sorted(rng.sample(sorted(ids), options.max_images_per_class))
     info = {
         "csv": os.path.basename(path),
         "csv_images": rows,
         "csv_landmarks": len(counts),
         "malformed_rows": len(malformed),
         "selection": {
-            "classes": config.classes,
-            "min_images_per_class": config.min_images_per_class,
-            "max_images_per_class": config.max_images_per_class,
-            "num_classes": config.num_classes,
-            "class_selection": config.class_selection,
-            "seed": config.seed,
+            "classes": options.classes,
+            "min_images_per_class": options.min_images_per_class,
+            "max_images_per_class": options.max_images_per_class,
+            "num_classes": options.num_classes,
+            "class_selection": options.class_selection,
+            "seed": seed,
         },
         "classes_after_each_filter": funnel,
         "selected_classes": len(images),
@@ -118,10 +176,11 @@ def select(config: PrepareConfig) -> Selection:
     )
 
 
-def source(config: PrepareConfig) -> Source:
+def source(config: PrepareConfig, options: Gldv2Options) -> Source:
     """Opens the selected GLDv2 subset as a prepare source (images must be on disk)."""
-    selection = select(config)
-    names = category_names(config.gldv2_dir)
+    selection = select(options, config.seed)
+    gldv2_dir = options.gldv2_dir
+    names = category_names(gldv2_dir)
     landmarks = sorted(selection.images, key=_landmark_sort_key)
     class_of = _unique_class_names(landmarks, names)
     rejected = list(selection.malformed)
@@ -129,8 +188,8 @@ def source(config: PrepareConfig) -> Source:
     missing = 0
     for landmark in landmarks:
         for image_id in selection.images[landmark]:
-            path = image_path(config.gldv2_dir, image_id)
-            relative = os.path.relpath(path, config.gldv2_dir)
+            path = image_path(gldv2_dir, image_id)
+            relative = os.path.relpath(path, gldv2_dir)
             if os.path.isfile(path):
                 found.append(
                     SourceItem(image_id=image_id, class_name=class_of[landmark], path=path)
@@ -187,29 +246,24 @@ def _unique_class_names(landmarks: list[str], names: dict[str, str]) -> dict[str
     }
 
 
-def _csv_path(config: PrepareConfig) -> str:
-    if not config.gldv2_dir:
+def _csv_path(options: Gldv2Options) -> str:
+    if not options.gldv2_dir:
         raise UserError("--gldv2_dir is required for --source=gldv2 (the folder with train.csv)")
-    if config.gldv2_csv not in CSV_FILES:
-        raise UserError(f"Unknown --gldv2_csv={config.gldv2_csv!r}; valid: {', '.join(CSV_FILES)}")
-    path = os.path.join(config.gldv2_dir, CSV_FILES[config.gldv2_csv])
+    listed = CSV_LISTS.get(options.gldv2_csv)
+    path = os.path.join(options.gldv2_dir, listed.file)
     if not os.path.isfile(path):
         raise UserError(
             f"{path} is missing. Fetch it with scripts/download_gldv2.py --gldv2_dir="
-            f"{config.gldv2_dir}, or from {config.gldv2_url}/metadata/{CSV_FILES[config.gldv2_csv]}"
+            f"{options.gldv2_dir}, or from {options.gldv2_url}/metadata/{listed.file}"
         )
     return path
 
 
-def _check_flags(config: PrepareConfig) -> None:
+def _check_flags(options: Gldv2Options) -> None:
     for flag in ("min_images_per_class", "max_images_per_class", "num_classes"):
-        if getattr(config, flag) < 0:
-            raise UserError(f"--{flag} must be >= 0, got {getattr(config, flag)}")
-    if config.class_selection not in CLASS_SELECTIONS:
-        raise UserError(
-            f"Unknown --class_selection={config.class_selection!r}; valid: "
-            f"{', '.join(CLASS_SELECTIONS)}"
-        )
+        if getattr(options, flag) < 0:
+            raise UserError(f"--{flag} must be >= 0, got {getattr(options, flag)}")
+    CLASS_SELECTIONS.get(options.class_selection)
 
 
 def _rows(path: str, kind: str, malformed: list | None) -> Iterator[tuple[str, str, str]]:
@@ -220,7 +274,7 @@ def _rows(path: str, kind: str, malformed: list | None) -> Iterator[tuple[str, s
     with open(path, encoding="utf-8", newline="") as f:
         reader = csv.reader(f)
         header = next(reader, None)
-        expected = ["id", "url", "landmark_id"] if kind == "train" else ["landmark_id", "images"]
+        expected = list(CSV_LISTS.get(kind).header)
         if header is None or [h.strip() for h in header] != expected:
             raise UserError(
                 f"{path}: expected the header {','.join(expected)} of GLDv2's {name}, got "
@@ -246,12 +300,12 @@ def _rows(path: str, kind: str, malformed: list | None) -> Iterator[tuple[str, s
 
 
 def _choose_classes(
-    counts: collections.Counter, config: PrepareConfig, funnel: dict[str, int]
+    counts: collections.Counter, options: Gldv2Options, seed: int, funnel: dict[str, int]
 ) -> list[str]:
     """Applies the class filters in order; funnel records how many classes pass each."""
     funnel["in_csv"] = len(counts)
-    if config.classes:
-        requested = [c.strip() for c in config.classes.split(",") if c.strip()]
+    if options.classes:
+        requested = [c.strip() for c in options.classes.split(",") if c.strip()]
         unknown = [c for c in requested if c not in counts]
         if unknown:
             raise UserError(
@@ -262,19 +316,16 @@ def _choose_classes(
         funnel["classes"] = len(eligible)
     else:
         eligible = sorted(counts, key=_landmark_sort_key)
-    eligible = [c for c in eligible if counts[c] >= config.min_images_per_class]
+    eligible = [c for c in eligible if counts[c] >= options.min_images_per_class]
     funnel["min_images_per_class"] = len(eligible)
-    if config.num_classes and not config.classes and len(eligible) > config.num_classes:
-        if config.class_selection == "most":
-            eligible = sorted(eligible, key=lambda c: (-counts[c], _landmark_sort_key(c)))
-            eligible = eligible[: config.num_classes]
-        else:
-            eligible = random.Random(config.seed).sample(eligible, config.num_classes)
+    if options.num_classes and not options.classes and len(eligible) > options.num_classes:
+        choose = CLASS_SELECTIONS.get(options.class_selection)
+        eligible = choose(eligible, counts, options.num_classes, seed)
         funnel["num_classes"] = len(eligible)
     if not eligible:
         raise UserError(
             f"No landmark passes the selection (--min_images_per_class="
-            f"{config.min_images_per_class}, --classes={config.classes!r}); the largest class "
+            f"{options.min_images_per_class}, --classes={options.classes!r}); the largest class "
             f"in the CSV has {max(counts.values(), default=0)} images"
         )
     return sorted(eligible, key=_landmark_sort_key)
@@ -282,3 +333,22 @@ def _choose_classes(
 
 def _landmark_sort_key(landmark_id: str) -> tuple[int, str]:
     return (int(landmark_id), landmark_id) if landmark_id.isdigit() else (1 << 62, landmark_id)
+
+
+def _most_populous(
+    eligible: list[str], counts: collections.Counter, n: int, seed: int
+) -> list[str]:
+    ranked = sorted(eligible, key=lambda c: (-counts[c], _landmark_sort_key(c)))
+    return ranked[:n]
+
+
+def _seeded_sample(
+    eligible: list[str], counts: collections.Counter, n: int, seed: int
+) -> list[str]:
+    return random.Random(seed).sample(eligible, n)
+
+
+# --class_selection: which --num_classes of the eligible landmarks are kept.
+CLASS_SELECTIONS: Registry[Callable[[list[str], collections.Counter, int, int], list[str]]] = (
+    Registry("class selection", {"most": _most_populous, "random": _seeded_sample})
+)

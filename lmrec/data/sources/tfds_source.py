@@ -13,11 +13,15 @@ tfds.load writes) can be copied into --tfds_data_dir (default: TFDS' own data_di
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-from lmrec.config import PrepareConfig
-from lmrec.data.sources import Source, SourceItem
+from lmrec.data.sources.base import Source, SourceItem
 from lmrec.errors import UserError
+from lmrec.settings import setting
+
+if TYPE_CHECKING:  # annotations only: lmrec.config imports the sources
+    from lmrec.config import PrepareConfig
 
 # Text features that hold an example's original file name, tried in this order; when a
 # dataset has none, the image id is TFDS' own record id (tfds_id).
@@ -25,11 +29,21 @@ _FILE_NAME_FEATURES = ("image/filename", "file_name", "filename", "image/file_na
 _CATALOG = "https://www.tensorflow.org/datasets/catalog/overview"
 
 
-def source(config: PrepareConfig) -> Source:
-    """Opens split config.tfds_split of TFDS dataset config.tfds_name (download if needed).
+@dataclass(frozen=True)
+class TfdsOptions:
+    """--source=tfds's options."""
+
+    tfds_name: str = setting("", "For --source=tfds: a TFDS image classification dataset.")
+    tfds_split: str = setting("train", "For --source=tfds: the split to read, e.g. train.")
+    tfds_data_dir: str = setting("", "For --source=tfds: TFDS data_dir; empty: TFDS default.")
+
+
+def source(config: PrepareConfig, options: TfdsOptions) -> Source:
+    """Opens split options.tfds_split of TFDS dataset options.tfds_name (download if needed).
 
     Args:
-      config: uses tfds_name, tfds_split and tfds_data_dir.
+      config: the prepare settings (unused: a TFDS dataset is named by the options).
+      options: tfds_name, tfds_split and tfds_data_dir.
 
     Returns:
       A streaming Source: items() reads the split in its stored order (files not
@@ -40,16 +54,16 @@ def source(config: PrepareConfig) -> Source:
         class-label feature, a split it does not have, or a download that failed
         (offline, the message says where to put a prepared copy).
     """
-    import tensorflow_datasets as tfds
+    import tensorflow_datasets as tfds  # optional dependency, only for --source=tfds
 
-    name = config.tfds_name
+    name = options.tfds_name
     if not name:
         raise UserError(
             "--tfds_name is required for --source=tfds, e.g. --tfds_name=tf_flowers "
             f"(image classification datasets are listed at {_CATALOG})"
         )
     try:
-        builder = tfds.builder(name, data_dir=config.tfds_data_dir or None)
+        builder = tfds.builder(name, data_dir=options.tfds_data_dir or None)
     except ValueError as error:  # DatasetNotFoundError, or a config the dataset lacks
         raise UserError(
             f"--tfds_name={name!r}: {_first_line(error)} TFDS dataset names are listed by "
@@ -69,7 +83,7 @@ def source(config: PrepareConfig) -> Source:
         ),
         "tfds_id",
     )
-    split = config.tfds_split
+    split = options.tfds_split
     try:
         dataset = builder.as_dataset(
             split=split,
@@ -131,7 +145,7 @@ def find_image_and_label(name: str, info: Any) -> tuple[str, str]:
     Raises:
       UserError: naming every feature with its type when no single pair fits.
     """
-    import tensorflow_datasets as tfds
+    import tensorflow_datasets as tfds  # optional dependency, only for --source=tfds
 
     features = info.features
 

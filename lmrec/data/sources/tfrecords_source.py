@@ -34,15 +34,19 @@ import csv
 import os
 import re
 from collections.abc import Callable, Iterator
-from typing import Any, NamedTuple
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import tensorflow as tf
 from google.protobuf.message import DecodeError
 
-from lmrec.config import PrepareConfig
 from lmrec.data import records
-from lmrec.data.sources import Source, SourceItem
+from lmrec.data.sources.base import Source, SourceItem
 from lmrec.errors import UserError
+from lmrec.settings import setting
+
+if TYPE_CHECKING:  # annotations only: lmrec.config imports the sources
+    from lmrec.config import PrepareConfig
 
 SHARD_NAME = re.compile(r"-\d{5}-of-\d{5}(?!\d)")
 LABEL_MAP_CSV = "label_map.csv"
@@ -90,7 +94,16 @@ def find_shards(input_dir: str) -> list[str]:
     return shards
 
 
-def source(config: PrepareConfig) -> Source:
+@dataclass(frozen=True)
+class TfrecordsOptions:
+    """--source=tfrecords's options (it reads the shards in --input_dir)."""
+
+    tfrecords_label_offset: int = setting(
+        0, "For --source=tfrecords: subtracted from stored labels (1 for 1-based label sets)."
+    )
+
+
+def source(config: PrepareConfig, options: TfrecordsOptions) -> Source:
     """Opens the shards in config.input_dir (see the module docstring for the layout).
 
     Returns:
@@ -102,7 +115,7 @@ def source(config: PrepareConfig) -> Source:
       UserError: no shards, or a malformed label map.
     """
     shards = find_shards(config.input_dir)
-    offset = config.tfrecords_label_offset
+    offset = options.tfrecords_label_offset
     rejected: list[tuple[str, str]] = []
     reported: set[tuple[str, str]] = set()
 

@@ -1,0 +1,661 @@
+"""Renders benchmarks/README.md from the result files in benchmarks/results/.
+
+    python benchmarks/render_readme.py            # rewrite benchmarks/README.md
+    python benchmarks/render_readme.py --check    # exit 1 if it is not what would be rendered
+
+Every table comes from one result file and says its date, machine and command once.
+Result files are named by setting and machine (training_throughput_160steps_cpu2.json:
+160 steps per epoch on a 2-core CPU); a benchmark script writes one with --output. The
+output depends only on the result files (sorted names, fixed number formats), so the
+check is exact. Standard library only: no TensorFlow import.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+RESULTS = os.path.join(HERE, "results")
+README = os.path.join(HERE, "README.md")
+
+# Training-throughput files in page order; any other training_throughput_*.json follows.
+THROUGHPUT_ORDER = (
+    "training_throughput_50steps_cpu2.json",
+    "training_throughput_160steps_cpu2.json",
+    "training_throughput_baseline_160steps_cpu2.json",
+    "training_throughput_resnet50_160steps_cpu2.json",
+    "training_throughput_inceptionv3_160steps_cpu2.json",
+    "training_throughput_inceptionv3_50steps_cpu2.json",
+    "training_throughput_inceptionv3_50steps_without_resumecheckpoint_cpu2.json",
+    "training_throughput_resnet50_xception_50steps_one_process_cpu2.json",
+    "training_throughput_10steps_one_process_cpu2.json",
+)
+CALLBACKS = (
+    "HistoryWriter",
+    "AtomicCheckpoint",
+    "TensorBoard",
+    "SamplePredictions",
+    "ResumeCheckpoint",
+)
+
+
+def load(name: str) -> dict:
+    with open(os.path.join(RESULTS, name), encoding="utf-8") as f:
+        return json.load(f)
+
+
+def machine(info: dict) -> str:
+    """One line for a result's machine record (the keys differ between benchmarks)."""
+    cpus = info.get("cpus_usable") or info.get("cpu_count") or info.get("cpus")
+    parts = [f"{cpus} CPU cores" if cpus else "CPU cores not recorded"]
+    platform = info.get("platform", "")
+    if platform:
+        parts[0] += f" ({platform.split('-')[0]}, {info.get('processor') or 'x86_64'})"
+    gpus = info.get("gpus")
+    if gpus is not None:
+        parts.append("no GPU" if gpus == 0 else f"{gpus} GPUs")
+    for key, label in (("tensorflow", "TensorFlow"), ("keras", "Keras")):
+        if info.get(key):
+            parts.append(f"{label} {info[key]}")
+    load_avg = info.get("load_average_at_start")
+    if load_avg:
+        parts.append(f"load average {load_avg[0]:.2f} at start")
+    return ", ".join(parts)
+
+
+def header(result: dict, command: str, source: str) -> list[str]:
+    return [
+        f"- date: {result.get('date', 'not recorded')}",
+        f"- machine: {machine(result.get('machine', {}))}",
+        f"- command: `{command}`",
+        f"- result file: [`{source}`](results/{source})",
+        "",
+    ]
+
+
+def table(columns: list[str], rows: list[list[str]], right_from: int = 1) -> list[str]:
+    """A Markdown table; columns from index right_from on are right-aligned."""
+    align = ["---" if i < right_from else "---:" for i in range(len(columns))]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join(align) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return lines + [""]
+
+
+def f1(x) -> str:
+    return "-" if x is None else f"{x:.1f}"
+
+
+def f2(x) -> str:
+    return "-" if x is None else f"{x:.2f}"
+
+
+def f3(x) -> str:
+    return "-" if x is None else f"{x:.3f}"
+
+
+def count(x) -> str:
+    return f"{x:,}"
+
+
+def mean(values):
+    return statistics.fmean(values) if values else None
+
+
+# --- transfer learning on real photos ------------------------------------------------
+
+
+def transfer_section() -> list[str]:
+    source = "transfer_real_photos_cpu2.json"
+    result = load(source)
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for row in result["rows"]:
+        groups.setdefault((row["dataset"], row["recipe"]), []).append(row)
+    rows = []
+    for (dataset, _), runs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1])):
+        runs = sorted(runs, key=lambda r: r["seed"])
+        accuracy = f3(mean([r["test_accuracy"] for r in runs]))
+        if len(runs) > 1:
+            each = ", ".join(f3(r["test_accuracy"]) for r in runs)
+            accuracy += f" ({each})"
+        rows.append(
+            [
+                f"{dataset} ({runs[0]['test_images']} test)",
+                runs[0]["description"],
+                ", ".join(str(r["seed"]) for r in runs),
+                accuracy,
+                f3(mean([r["test_macro_f1"] for r in runs])),
+                f3(mean([r["test_gap"] for r in runs])),
+                f"{mean([r['seconds_frozen'] for r in runs]):.0f}",
+                f"{mean([r['seconds_finetune'] for r in runs]):.0f}",
+                f"{mean([r['seconds_total'] for r in runs]):.0f}",
+            ]
+        )
+    lines = [
+        "## Transfer learning on real photos",
+        "",
+        "`configs/<dataset>_<recipe>.cfg` trained on the real photos in `../shared/data`",
+        "and evaluated on each dataset's separate test folder. vietnam_landmarks holds out",
+        "15% of its training photos for validation; intel_scenes trains on all of them.",
+        "Seconds are wall time of phase 1 (frozen backbone), phase 2 (fine-tuning) and",
+        "the whole run with data preparation and evaluation; with several seeds, every",
+        "column is their mean and the accuracy lists each seed's.",
+        "",
+        *header(
+            result,
+            "python benchmarks/transfer_real_photos.py --seeds=42,43,44 --append",
+            source,
+        ),
+    ]
+    lines += table(
+        [
+            "dataset",
+            "model",
+            "seeds",
+            "test acc",
+            "macro-F1",
+            "GAP",
+            "phase 1 s",
+            "phase 2 s",
+            "total s",
+        ],
+        rows,
+        right_from=3,
+    )
+    return lines
+
+
+# --- heads and losses side by side ---------------------------------------------------
+
+
+def compare_section() -> list[str]:
+    folder = "compare_vietnam_landmarks_cpu2"
+    run = load(f"{folder}/run.json")
+    result = load(f"{folder}/comparison.json")
+    rows = [
+        [
+            r["name"],
+            count(r["params_trainable"]),
+            count(r["params_non_trainable"]),
+            f3(r["train_accuracy"]),
+            f3(r["val_accuracy"]),
+            f3(r["accuracy"]),
+            f3(r["macro_f1"]),
+            f3(r["gap"]),
+            f1(r.get("seconds_per_epoch_frozen")),
+            f1(r.get("seconds_per_epoch_finetune")),
+        ]
+        for r in result["rows"]
+    ]
+    lines = [
+        "## Backbones, heads and losses side by side",
+        "",
+        f"{result['title']}: every `--models` entry of the flagfile trained on the same",
+        "prepared data (5 classes) and evaluated on the same 55 test photos, one seed",
+        "each. Parameters are those of phase 2; train accuracy is on augmented, mixed",
+        "batches. The table shows a small, easy dataset: it does not rank heads for",
+        "thousands of classes.",
+        "",
+        *header(run, run["command"], f"{folder}/comparison.json"),
+    ]
+    lines += table(
+        [
+            "model",
+            "trainable params",
+            "non-trainable",
+            "train acc",
+            "val acc",
+            "test acc",
+            "macro-F1",
+            "GAP",
+            "s/epoch phase 1",
+            "s/epoch phase 2",
+        ],
+        rows,
+    )
+    return lines
+
+
+# --- phase 1 on cached features ------------------------------------------------------
+
+
+def feature_cache_section() -> list[str]:
+    source = "frozen_phase_cache_intel_scenes_lite0_cpu2.json"
+    result = load(source)
+    rows = []
+    for s in result["summary"]:
+        if s["cached"]:
+            on = f"cached features, {s['passes']} pass{'es' if s['passes'] > 1 else ''}"
+            speedup = f"{s['speedup']:.1f}x"
+            each = ", ".join(f"{x:.1f}x" for x in s.get("speedup_each_seed", []))
+        else:
+            on, speedup, each = "images", "1.0x", "-"
+        rows.append(
+            [
+                s["augment"],
+                on,
+                str(s["runs"]),
+                f1(s["phase1_seconds"]),
+                f1(s["feature_seconds"]),
+                speedup,
+                each,
+                f3(s["test_accuracy"]),
+            ]
+        )
+    sample = result["rows"][0]
+    train_images = max(r["train_images"] or 0 for r in result["rows"])
+    lines = [
+        "## Phase 1 on cached features",
+        "",
+        f"Phase 1 alone ({result['epochs']} frozen epochs) of `{result['config'][0]}`",
+        f"({sample['backbone']}, {sample['image_size']} px, {train_images} training",
+        "photos), on images and on cached features, every run in a fresh process; seconds",
+        "include computing the features; each value is the median over the seeds, and the",
+        "speed-up is given per seed too. Test accuracy on the dataset's test folder.",
+        "",
+        *header(
+            result,
+            "python benchmarks/frozen_phase_cache.py --seeds=42,43,44",
+            source,
+        ),
+    ]
+    lines += table(
+        [
+            "augment",
+            "phase 1 on",
+            "runs",
+            "seconds",
+            "of which features",
+            "speed-up",
+            "speed-up per seed",
+            "test acc",
+        ],
+        rows,
+        right_from=2,
+    )
+    if result.get("note"):
+        lines += [f"Note recorded with the runs: {result['note']}", ""]
+    return lines
+
+
+# --- training throughput -------------------------------------------------------------
+
+
+def throughput_title(name: str, result: dict) -> str:
+    settings = result["settings"]
+    backbones = settings["backbones"]
+    what = "all backbones" if len(backbones) >= 5 else ", ".join(backbones)
+    rounds = settings["rounds"]
+    title = f"{settings['steps']} steps per epoch, {what}"
+    title += ", one round" if rounds == 1 else f", median of {rounds} rounds"
+    without = settings.get("lmrec_without_callbacks") or []
+    if without:
+        title += f", lmrec without {', '.join(without)}"
+    if "one_process" in name:
+        title += ", all runs in one process"
+    return title
+
+
+def throughput_command(name: str, result: dict) -> str:
+    s = result["settings"]
+    parts = ["python benchmarks/training_throughput.py"]
+    if len(s["backbones"]) < 5:
+        parts.append(f"--backbones={','.join(s['backbones'])}")
+    parts.append(f"--steps={s['steps']}")
+    if s["rounds"] != 1:
+        parts.append(f"--rounds={s['rounds']}")
+    if s.get("lmrec_without_callbacks"):
+        parts.append(f"--without={','.join(s['lmrec_without_callbacks'])}")
+    parts.append(f"--output=benchmarks/results/{name}")
+    return " ".join(parts)
+
+
+def throughput_tables(name: str, result: dict, with_callbacks: bool) -> list[str]:
+    rates, hooks = [], []
+    for b in result["backbones"]:
+        for phase in ("frozen", "finetune"):
+            p = b["phases"][phase]
+            lmrec, plain = p["lmrec"], p["plain"]
+            rates.append(
+                [
+                    b["backbone"],
+                    phase,
+                    f"{count(lmrec['trainable_parameters'])} of {count(b['total_parameters'])}",
+                    f2(lmrec["steps_per_second"]),
+                    f2(plain["steps_per_second"]),
+                    f2(p["ratio"]),
+                    f2(p["extra_seconds_per_epoch"]),
+                    f2(p.get("step_over_forward")),
+                ]
+            )
+            seconds = p.get("lmrec_callback_seconds_per_epoch", {})
+            hooks.append(
+                [b["backbone"], phase]
+                + [f2(seconds.get(c)) for c in CALLBACKS]
+                + [
+                    f2(lmrec.get("steps_per_second_without_hooks")),
+                    f2(plain["steps_per_second"]),
+                ]
+            )
+    lines = table(
+        [
+            "backbone",
+            "phase",
+            "trainable params",
+            "lmrec steps/s",
+            "plain fit steps/s",
+            "lmrec / plain",
+            "lmrec extra s/epoch",
+            "step / forward",
+        ],
+        rates,
+        right_from=2,
+    )
+    if with_callbacks:
+        lines += [
+            "Seconds per epoch in each lmrec callback, and lmrec's steps/s with them taken out:",
+            "",
+        ]
+        lines += table(
+            ["backbone", "phase", *CALLBACKS, "lmrec loop alone steps/s", "plain fit steps/s"],
+            hooks,
+            right_from=2,
+        )
+    return lines
+
+
+def throughput_section() -> list[str]:
+    names = sorted(
+        n
+        for n in os.listdir(RESULTS)
+        if n.startswith("training_throughput_") and n.endswith(".json")
+    )
+    ordered = [n for n in THROUGHPUT_ORDER if n in names]
+    ordered += [n for n in names if n not in ordered]
+    first = load(ordered[0])
+    s = first["settings"]
+    lines = [
+        "## Training throughput",
+        "",
+        "lmrec's own `train_and_evaluate` (every callback it installs, its input pipeline,",
+        "validation) against a bare `model.fit` of the same model, built, frozen and",
+        "compiled by lmrec's functions, on the same tf.data datasets with no callbacks;",
+        "and a frozen-phase step against a forward pass (`step / forward`: about 1 when",
+        "only the head gets gradients). Demo data, "
+        f"{s['image_size']} px, batch {s['batch_size']}, weights=none, {s['epochs']} epochs",
+        "per phase with the first not counted; steps/s leave out the validation pass",
+        "(run in both). Unless a table says otherwise each run is in a fresh process.",
+        "`lmrec extra s/epoch` is a per-phase fixed cost (the phase-end resume checkpoint,",
+        "the sample photos), so the ratio rises with the epoch length.",
+        "",
+    ]
+    for i, name in enumerate(ordered):
+        result = load(name)
+        lines += [f"### {throughput_title(name, result)}", ""]
+        lines += header(result, throughput_command(name, result), name)
+        lines += throughput_tables(name, result, with_callbacks=i < 2)
+    return lines
+
+
+# --- input pipeline ------------------------------------------------------------------
+
+PIPELINE_PATHS = (
+    ("bare", "(a) bare: parse + decode_jpeg + resize"),
+    ("bare_dct2", "(a2) bare, decode_jpeg(ratio=2) + resize"),
+    ("bare_lmrec_eval_decode", "(a3) bare, lmrec's eval decode"),
+    ("bare_lmrec_train_decode", "(a4) bare, lmrec's training decode (crop)"),
+    ("train", "(b) make_dataset, training (`light`)"),
+    ("eval", "(c) make_dataset, evaluation"),
+)
+LARGE_PATHS = (
+    ("large_full", "full decode + resize", None),
+    ("large_full_then_crop", "full decode + random crop + resize", "crop"),
+    ("large_crop_decode", "decode_and_crop_jpeg (random crop) + resize", "crop"),
+    ("large_dct2", "decode_jpeg(ratio=2) + resize", "dct2"),
+    ("large_dct4", "decode_jpeg(ratio=4) + resize", "dct4"),
+    ("large_dct8", "decode_jpeg(ratio=8) + resize", "dct8"),
+    ("large_lmrec_eval_decode", "lmrec's eval decode", "eval"),
+    ("large_lmrec_train_decode", "lmrec's training decode (crop + DCT)", "crop"),
+)
+
+
+def pipeline_section() -> list[str]:
+    source = "input_pipeline_lite0_224px_cpu2.json"
+    result = load(source)
+    rate, cpu = result["median_images_per_second"], result["median_cpu_ms_per_image"]
+    base = rate["bare"]
+    rows = [
+        [label, f"{rate[k]:.0f}", f1(cpu[k]), f2(rate[k] / base)] for k, label in PIPELINE_PATHS
+    ]
+    ratios = result["ratios"]
+    difference = result["mean_abs_difference_from_full_decode_0_255"]["2400x1800"]
+    scale = result["lmrec_dct_scale_2400x1800"]
+    gain = result["large_photo_gain_vs_full_decode"]
+    large = []
+    for key, label, kind in LARGE_PATHS:
+        if kind in ("dct2", "dct4", "dct8"):
+            diff = f2(difference[kind])
+        elif kind == "eval":
+            diff = f2(difference[f"dct{scale}"])
+        else:
+            diff = "0" if kind is None else "(crop)"
+        large.append(
+            [
+                label,
+                f"{rate[key]:.0f}",
+                f1(cpu[key]),
+                "1.00" if key == "large_full" else f2(gain[key]),
+                diff,
+            ]
+        )
+    lines = [
+        "## Input pipeline",
+        "",
+        f"{result['photos']}, written to TFRecords by lmrec's writer; lmrec's",
+        "`make_dataset` against bare decode + resize paths over the same files",
+        f"({result['backbone']} at {result['image_size']} px, batch {result['batch_size']},",
+        f"median of {result['rounds']} interleaved rounds of {result['images_timed']['800x600']}",
+        "images, in one process).",
+        "",
+        *header(result, "python benchmarks/input_pipeline.py", source),
+    ]
+    lines += table(["path", "images/s", "CPU ms/image", "ratio to (a)"], rows)
+    lines += [
+        f"The same decoding with and without the rest of `make_dataset`: training "
+        f"{ratios['train_vs_same_decode']:.2f} of (a4), evaluation "
+        f"{ratios['eval_vs_same_decode']:.2f} of (a3).",
+        "",
+        f"Large photos ({result['large_photos']}, to {result['image_size']} px); the last",
+        "column is the mean absolute difference of the model input from the full",
+        "decode's, in levels of 255 (an area resize of the full decode differs from the",
+        f"bilinear one by {difference['area_resize']:.2f}):",
+        "",
+    ]
+    lines += table(["decode", "images/s", "CPU ms/image", "gain", "difference"], large)
+    return lines
+
+
+# --- predict throughput --------------------------------------------------------------
+
+ENGINES = ("lmrec", "lmrec+xla", "lmrec+tflite", "lmrec+tflite-int8")
+
+
+def predict_section() -> list[str]:
+    source = "predict_throughput_128photos_cpu2.json"
+    result = load(source)
+    rows = []
+    for name, b in result["backbones"].items():
+        paths = b["paths"]
+        cells = [name, str(b["image_size"]), f1(b["plain_images_per_s"])]
+        for engine in ENGINES:
+            p = paths[engine]
+            cells.append(f"{p['images_per_s']:.1f} ({p['ratio_to_plain']:.2f}x)")
+        compute = " / ".join(
+            f"{paths[e]['compute_only_images_per_s']:.1f}"
+            for e in ("lmrec", "lmrec+tflite", "lmrec+tflite-int8")
+        )
+        rows.append(cells + [compute])
+    resnet = result["backbones"].get("resnet50", {}).get("paths", {})
+    lines = [
+        "## Tagging speed on a CPU",
+        "",
+        f"{result['images']} real photos of `../shared/data/vn_landmarks` (thumbnails to",
+        "multi-megapixel JPEGs, WebP and PNG among them), tagged in one process with what",
+        "the Keras examples do (`keras.utils.load_img` photo by photo, then `model.predict`",
+        f"per batch of {result['batch_size']}) and with `lmrec.predict.predict` on four",
+        "engines: the SavedModel's `serving_images` signature, the Keras model under XLA,",
+        "and the float32 and dynamic-range int8 TFLite files. Each backbone at its default",
+        "size with an 8-class head (EfficientNet-Lite0 with its ImageNet weights, the others",
+        "weights=none). Images/s, and the ratio to the plain loop; the last column is the",
+        "compute alone on in-memory batches (SavedModel / TFLite / int8).",
+        "",
+        *header(result, "python benchmarks/predict_throughput.py", source),
+    ]
+    lines += table(
+        [
+            "backbone",
+            "size",
+            "plain",
+            "lmrec (SavedModel)",
+            "lmrec + XLA",
+            "lmrec + TFLite",
+            "lmrec + TFLite int8",
+            "compute alone",
+        ],
+        rows,
+    )
+    if resnet:
+        ceiling = result["flop_ceiling_gflops"]
+        lines += [
+            "The machine's float32 ceiling (best of repeated 2048x2048 `tf.matmul`s) was",
+            f"{ceiling:.0f} GFLOP/s. ResNet50 (7.75 GFLOP per 224 px image) reached",
+            f"{resnet['lmrec+tflite']['fraction_of_flop_ceiling']:.2f} of it end to end with"
+            " the float32 TFLite file and",
+            f"{resnet['lmrec+tflite']['compute_fraction_of_flop_ceiling']:.2f} for the compute"
+            " alone. int8 runs above the float32 ceiling (int8 dot products do more work",
+            "per cycle), so its fraction is not comparable. The heads are untrained, so the",
+            "top-1 agreement with the plain loop (in the JSON) is a rough check only.",
+            "",
+        ]
+    return lines
+
+
+# --- prepare workers -----------------------------------------------------------------
+
+
+def prepare_section() -> list[str]:
+    source = "prepare_workers_gldv2_layout_cpu2.json"
+    result = load(source)
+    settings = result["settings"]
+    rows = [
+        [
+            r["label"],
+            str(r["kept"]),
+            f1(r["seconds"]),
+            f1(r["images_per_s"]),
+            f"{r['rss_parent_mb']:.0f}",
+            f"{r['rss_worker_mb']:.0f}",
+        ]
+        for r in result["rows"]
+    ]
+    command = "python benchmarks/prepare_workers.py"
+    if settings.get("beam"):
+        command += " --beam"
+    lines = [
+        "## Preparing data with worker processes",
+        "",
+        "`--source=gldv2` prepare on a tree in Google Landmarks v2's layout built from the",
+        f"real photos in `../shared/data` (each resized to {settings['side']} px and saved",
+        f"{settings['copies']} times), `--max_image_side=800` (decode, validate, downscale,",
+        "re-encode, write), each run in a fresh process.",
+        "",
+        *header(result, command, source),
+    ]
+    lines += table(
+        [
+            "run",
+            "images",
+            "seconds",
+            "images/s",
+            "peak RSS parent MB",
+            "peak RSS worker MB",
+        ],
+        rows,
+    )
+    lines += [
+        f"2 workers ran at {result['speedup_2_vs_1']:.2f}x one worker's rate; the parent's",
+        f"peak memory with twice the images was {result['parent_memory_2x_vs_1x']:.2f}x.",
+        "Each worker imports TensorFlow at its start, a fixed cost that matters less as",
+        "datasets grow.",
+        "",
+    ]
+    return lines
+
+
+def render() -> str:
+    lines = [
+        "# lmrec benchmarks",
+        "",
+        "<!-- Rendered by benchmarks/render_readme.py from benchmarks/results/; "
+        "do not edit by hand. -->",
+        "",
+        "Measurements of lmrec against the plain way of doing the same thing, each from",
+        "one result file in [`results/`](results/). A result file is named by its setting",
+        "and machine (`cpu2`: a 2-core CPU without GPU, shared with other jobs, so a",
+        "rate moves by several percent between runs). Regenerate this page after adding",
+        "or replacing a result file:",
+        "",
+        "```bash",
+        "python benchmarks/render_readme.py          # rewrite this page",
+        "python benchmarks/render_readme.py --check  # exit 1 if it is out of date",
+        "```",
+        "",
+    ]
+    for section in (
+        transfer_section,
+        compare_section,
+        feature_cache_section,
+        throughput_section,
+        pipeline_section,
+        predict_section,
+        prepare_section,
+    ):
+        lines += section()
+    while lines and lines[-1] == "":
+        lines.pop()
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="exit 1 when benchmarks/README.md differs from what would be rendered",
+    )
+    args = parser.parse_args(argv)
+    text = render()
+    if args.check:
+        try:
+            with open(README, encoding="utf-8") as f:
+                current = f.read()
+        except FileNotFoundError:
+            current = None
+        if current != text:
+            print(
+                "benchmarks/README.md is out of date: run python benchmarks/render_readme.py",
+                file=sys.stderr,
+            )
+            return 1
+        return 0
+    with open(README, "w", encoding="utf-8") as f:
+        f.write(text)
+    print(f"wrote {os.path.relpath(README)}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
