@@ -53,6 +53,8 @@ setup(
     extras_require={
         # HEIC/HEIF photos (iPhones) in prepare, predict and evaluate.
         "heif": HEIF,
+        # --index=faiss: approximate nearest-neighbour search for galleries past ~1e6 photos.
+        "faiss": ["faiss-cpu>=1.7.4,<2"],
         # --runner=beam: the shard writer as an Apache Beam pipeline (Dataflow, Flink, Spark).
         "beam": BEAM,
         # The tests label real photos with ImageNet names, check that the Beam pipeline
@@ -77,6 +79,7 @@ setup(
             "lmrec-export=lmrec.export.__main__:run",
             "lmrec-predict=lmrec.predict:run",
             "lmrec-gradcam=lmrec.gradcam:run",
+            "lmrec-gallery=lmrec.gallery.__main__:run",
             "lmrec-copy-configs=lmrec.copy_configs:run",
         ]
     },

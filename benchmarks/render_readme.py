@@ -253,7 +253,7 @@ def feature_cache_section() -> list[str]:
         f"Phase 1 alone ({result['epochs']} frozen epochs) of `{result['config'][0]}`",
         f"({sample['backbone']}, {sample['image_size']} px, {train_images} training",
         "photos), on images and on cached features, every run in a fresh process; seconds",
-        "include computing the features; each value is the median over the seeds, and the",
+        "include computing the features; each value is the median over the random seeds, and the",
         "speed-up is given per seed too. Test accuracy on the dataset's test folder.",
         "",
         *header(
@@ -595,6 +595,149 @@ def prepare_section() -> list[str]:
     return lines
 
 
+# --- open-set recognition ------------------------------------------------------------
+
+
+def _bar_cell(cell, number=f3) -> str:
+    """A measured figure with the bar it is checked against, when it has one."""
+    if not isinstance(cell, dict):
+        return number(cell)
+    met = "" if cell.get("met") is None else (" (meets)" if cell["met"] else " (misses)")
+    return f"{number(cell['value'])}{met}"
+
+
+def open_set_section() -> list[str]:
+    source = "open_set_vietnam_landmarks_lite0_cpu2.json"
+    if not os.path.isfile(os.path.join(RESULTS, source)):
+        return []
+    result = load(source)
+    part = result["open_set"]
+    photos = part["photos"]
+    rows = [
+        [
+            r["classifier"],
+            r["gallery"],
+            r["open_set_score"],
+            f3(r["threshold"]),
+            _bar_cell(r["accuracy_without_distractors"]),
+            _bar_cell(r["gap_with_distractors"]),
+            f3(r.get("gap_with_distractors_ties_random_mean")),
+            f3(r["gap_with_distractors_ranked_by_top_probability"]),
+            _bar_cell(r["landmarks_rejected"]),
+            f3(r["distractors_rejected"]),
+        ]
+        for r in part["rows"]
+    ]
+    first = part["rows"][0]
+    bars = ", ".join(
+        f"{name} {first[key]['bar']}"
+        for name, key in (
+            ("accuracy", "accuracy_without_distractors"),
+            ("GAP with distractors", "gap_with_distractors"),
+            ("landmarks rejected", "landmarks_rejected"),
+        )
+    )
+    lines = [
+        "## Open-set recognition: softmax, kNN and hybrid",
+        "",
+        f"`{result['config']}` (all classes) and its embedding gallery of the prepared",
+        f"train split ({photos['gallery']} photos). The reject threshold of each classifier",
+        "and open-set score is chosen on validation data only: the validation split",
+        f"({photos['validation_landmarks']} landmark photos) plus {photos['choosing_distractors']}",
+        "intel_scenes_small train photos as distractors. It is then applied to the",
+        f"{photos['test_landmarks']} vn_landmarks test photos and {photos['test_distractors']}",
+        "intel_scenes_small test photos (distractors). A rejected photo has no prediction;",
+        "a kept distractor is a wrong prediction ranked by its open-set score. Equal scores",
+        "(frequent with kNN votes) rank wrong predictions first; `random ties` is the mean",
+        "over random orders among them, and `by top prob.` ranks by the top class",
+        "probability instead. The second",
+        f"gallery also holds the {photos['choosing_distractors']} intel train photos as",
+        f'"no landmark" neighbours. Bars: {bars}.',
+        "",
+        *header(result, result["command"], source),
+    ]
+    lines += table(
+        [
+            "classifier",
+            "gallery",
+            "open-set score",
+            "threshold",
+            "accuracy (no distractors)",
+            "GAP with distractors",
+            "random ties",
+            "by top prob.",
+            "landmarks rejected",
+            "distractors rejected",
+        ],
+        rows,
+        right_from=3,
+    )
+    lines += ["Retrieval of the test landmarks over the gallery:", ""]
+    lines += table(
+        ["gallery", "photos", "mAP@100", "recall@1", "recall@5"],
+        [
+            [
+                name,
+                count(r["gallery_photos"]),
+                f3(r["map_at_100"]),
+                f3(r["recall_at_1"]),
+                f3(r["recall_at_5"]),
+            ]
+            for name, r in part["retrieval"].items()
+        ],
+    )
+    added = result["added_landmark"]
+    lines += [
+        "A landmark added without retraining: the same config trained without",
+        f"{added['left_out']}, then `gallery.add` of its {added['added_photos']} training photos;",
+        f"the whole test folder ({added['test_photos_of_added_class']} photos of the added",
+        f"class, {added['test_photos_of_other_classes']} of the others). The loss is in",
+        "accuracy points on the other classes against the same model's softmax before the",
+        f"add ({f3(added['other_classes_accuracy_softmax_before_add'])}).",
+        "",
+    ]
+    lines += table(
+        ["classifier", "added class acc", "other classes acc", "loss, points"],
+        [
+            [
+                name,
+                _bar_cell(r["added_class_accuracy"]),
+                f3(r["other_classes_accuracy"]),
+                _bar_cell(r["other_classes_loss_points_vs_softmax_before_add"], f1)
+                if "other_classes_loss_points_vs_softmax_before_add" in r
+                else "-",
+            ]
+            for name, r in added["by_classifier"].items()
+        ],
+    )
+    build, big = result["speed"]["gallery_build"], result["speed"]["knn_big_gallery"]
+    lines += table(
+        ["speed", "lmrec", "reference", "ratio"],
+        [
+            [
+                f"gallery build, {build['photos']} photos (photos/s)",
+                f1(build["build_photos_per_second"]),
+                f"{f1(build['bare_forward_photos_per_second'])} (bare embedding forward)",
+                _bar_cell(build["build_over_forward"]),
+            ],
+            [
+                f"gallery add, {part['photos']['choosing_distractors']} photos (photos/s)",
+                f1(build.get("add_distractors_photos_per_second")),
+                f"{f1(build['bare_forward_photos_per_second'])} (bare embedding forward)",
+                f2(build.get("add_distractors_over_forward")),
+            ],
+            [
+                f"kNN over {count(big['gallery_rows'])} embeddings, batches of "
+                f"{big['batch']} (ms/photo)",
+                f2(big["knn_ms_per_photo"]),
+                f"{f1(big['forward_ms_per_photo'])} (Lite0 forward)",
+                _bar_cell(big["knn_added_fraction"]),
+            ],
+        ],
+    )
+    return lines
+
+
 def render() -> str:
     lines = [
         "# lmrec benchmarks",
@@ -622,6 +765,7 @@ def render() -> str:
         pipeline_section,
         predict_section,
         prepare_section,
+        open_set_section,
     ):
         lines += section()
     while lines and lines[-1] == "":

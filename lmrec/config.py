@@ -22,7 +22,7 @@ from typing import Any
 
 from absl import flags as absl_flags
 
-from lmrec import settings
+from lmrec import knn, settings
 from lmrec.data import images
 from lmrec.data.sources import SOURCES
 from lmrec.settings import Shared, setting
@@ -375,7 +375,9 @@ class EvaluateConfig:
     distractors: str = setting(
         "",
         "For lmrec.evaluate: a folder of photos without landmarks (people, gear, indoor shots), "
-        "evaluated as non-landmark queries: GAP is reported with and without them.",
+        "evaluated as non-landmark queries: GAP is reported with and without them. For "
+        "lmrec.gallery add: such photos (a folder or file, more may follow as arguments), added "
+        "as 'no landmark' neighbours.",
     )
     reject_threshold: float = setting(
         0.0,
@@ -386,6 +388,17 @@ class EvaluateConfig:
         False,
         "For lmrec.evaluate: also crop each photo to its Grad-CAM region, classify the crop and "
         "report accuracy and GAP of the whole photo, the crop and their mean.",
+    )
+    choose_threshold: bool = setting(
+        False,
+        "For lmrec.evaluate: choose the 'no landmark' score and threshold of --classifier on "
+        "--data (default: the validation split) plus --distractors, and store them in "
+        "model_dir/open_set.json, which evaluate, predict and the export then use.",
+    )
+    max_landmarks_rejected: float = setting(
+        knn.DEFAULT_MAX_LANDMARKS_REJECTED,
+        "For --choose_threshold: the largest fraction of landmark photos the threshold may "
+        "reject (held on unseen photos with 90% confidence).",
     )
 
 
@@ -447,6 +460,47 @@ class GradcamConfig:
         "Explain this class for every photo; default: each photo's predicted class.",
     )
     gradcam_dir: str = setting("", "Where PNGs go; default model_dir/gradcam.")
+
+
+@dataclasses.dataclass(frozen=True)
+class GalleryConfig:
+    """What lmrec.gallery adds or removes (its --data, --distractors and --batch_size are
+    evaluate's flags)."""
+
+    label: str = setting(
+        "",
+        "For lmrec.gallery add: the landmark the photos show (a new one, or one the model "
+        "knows); for remove: the label to take out.",
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassifierConfig:
+    """How evaluate, predict and export decide a photo's class: the trained softmax, the
+    votes of the model's gallery (lmrec.gallery), or both."""
+
+    classifier: str = setting(
+        "softmax",
+        "softmax (the trained head) | knn (similarity-weighted votes of the nearest gallery "
+        "photos; needs python -m lmrec.gallery build) | hybrid (both; landmarks added to the "
+        "gallery are recognized without retraining).",
+    )
+    knn_k: int = setting(knn.DEFAULT_K, "For knn and hybrid: how many nearest gallery photos vote.")
+    knn_power: float = setting(
+        knn.DEFAULT_POWER,
+        "For knn and hybrid: each neighbour votes its cosine similarity to this power, so "
+        "close matches outweigh loose ones.",
+    )
+    knn_weight: float = setting(
+        knn.DEFAULT_KNN_WEIGHT,
+        "For hybrid: the share of the kNN votes; the trained softmax has the rest.",
+    )
+    open_set_score: str = setting(
+        "",
+        "What 'no landmark' is decided on: top_probability | top_similarity | margin | "
+        "vote_share; '': the score stored with the model by lmrec.evaluate "
+        "--choose_threshold (top_probability when none is stored).",
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -581,6 +635,8 @@ ALL_CONFIG_CLASSES = (
     *EXPERIMENT_CLASSES,
     PredictConfig,
     GradcamConfig,
+    GalleryConfig,
+    ClassifierConfig,
     CompareConfig,
     LrFindConfig,
     CopyConfigsConfig,
@@ -636,7 +692,8 @@ def _source_options(flag_values: absl_flags.FlagValues) -> dict[str, Any]:
         return {}
     options_class = SOURCES.get(source).options
     return {
-        field.name: flag_values[field.name].value for field in dataclasses.fields(options_class)
+        field.name: settings.flag_value(flag_values, field.name)
+        for field in dataclasses.fields(options_class)
     }
 
 

@@ -26,12 +26,14 @@ from lmrec.config import (
     ALL_CONFIG_CLASSES,
     EXPERIMENT_CLASSES,
     SOURCE_OPTION_CLASSES,
+    ClassifierConfig,
     CommandConfig,
     CompareConfig,
     CopyConfigsConfig,
     DataConfig,
     EvaluateConfig,
     ExportConfig,
+    GalleryConfig,
     GradcamConfig,
     LrFindConfig,
     PredictConfig,
@@ -72,10 +74,22 @@ STAGES: Registry[tuple[Part, ...]] = Registry(
     {
         "prepare": _parts(PrepareConfig, *SOURCE_OPTION_CLASSES),
         "train": _parts(*EXPERIMENT_CLASSES),
-        "evaluate": _parts(_MODEL_DIR, EvaluateConfig, Part(DataConfig, ("batch_size",))),
-        "export": _parts(_MODEL_DIR, ExportConfig, Part(EvaluateConfig, ("data",))),
-        "predict": _parts(PredictConfig, Part(EvaluateConfig, ("reject_threshold",))),
+        "evaluate": _parts(
+            _MODEL_DIR, EvaluateConfig, ClassifierConfig, Part(DataConfig, ("batch_size",))
+        ),
+        "export": _parts(
+            _MODEL_DIR, ExportConfig, ClassifierConfig, Part(EvaluateConfig, ("data",))
+        ),
+        "predict": _parts(
+            PredictConfig, ClassifierConfig, Part(EvaluateConfig, ("reject_threshold",))
+        ),
         "gradcam": _parts(_MODEL_DIR, GradcamConfig),
+        "gallery": _parts(
+            _MODEL_DIR,
+            GalleryConfig,
+            Part(EvaluateConfig, ("data", "distractors")),
+            Part(DataConfig, ("batch_size",)),
+        ),
         # Each entry of lmrec.compare and lmrec.lr_find is a whole training config.
         "compare": _parts(*EXPERIMENT_CLASSES, CompareConfig),
         "lr_find": _parts(*EXPERIMENT_CLASSES, LrFindConfig),

@@ -72,7 +72,9 @@ def global_average_precision(
     correct, and M is the number of queries that show a landmark (true label
     != NO_LANDMARK). A query without a prediction should be passed with
     confidence -inf (it then never counts as correct, nor lowers precision of
-    the predictions ranked above it).
+    the predictions ranked above it). Equal confidences are ranked wrong
+    predictions first, so a score that cannot tell two photos apart earns no
+    GAP from their order (kNN vote shares are often exactly 1).
     """
     true_labels = np.asarray(true_labels)
     predicted_labels = np.asarray(predicted_labels)
@@ -80,8 +82,9 @@ def global_average_precision(
     m = int(np.sum(true_labels != NO_LANDMARK))
     if m == 0:
         return float("nan")
-    order = np.argsort(-confidences, kind="stable")
-    correct = (predicted_labels[order] == true_labels[order]) & (true_labels[order] != NO_LANDMARK)
+    right = (predicted_labels == true_labels) & (true_labels != NO_LANDMARK)
+    order = np.lexsort((right, -confidences))  # by confidence, then wrong (False) first
+    correct = right[order]
     precision_at_i = np.cumsum(correct) / np.arange(1, len(correct) + 1)
     return float(np.sum(precision_at_i * correct) / m)
 
@@ -241,3 +244,72 @@ def apply_rejection(probabilities: np.ndarray, threshold: float) -> tuple[np.nda
         np.where(rejected, NO_LANDMARK, predictions),
         np.where(rejected, -np.inf, confidences),
     )
+
+
+def count_relevant(query_labels: np.ndarray, gallery_labels: np.ndarray) -> np.ndarray:
+    """[Q] how many gallery items share each query's label (0 for a NO_LANDMARK query).
+
+    The denominator of mean_average_precision_at_k. When the queries are gallery photos
+    themselves, leave each query out of its own count (and out of its retrieved list).
+    """
+    query_labels = np.asarray(query_labels, np.int64)
+    gallery_labels = np.asarray(gallery_labels, np.int64)
+    gallery_labels = gallery_labels[gallery_labels != NO_LANDMARK]
+    size = int(max(query_labels.max(initial=-1), gallery_labels.max(initial=-1))) + 1
+    per_label = np.bincount(gallery_labels, minlength=size)
+    return np.where(query_labels != NO_LANDMARK, per_label[np.maximum(query_labels, 0)], 0)
+
+
+def mean_average_precision_at_k(
+    retrieved_labels: np.ndarray,
+    query_labels: np.ndarray,
+    relevant_counts: np.ndarray,
+    k: int = 100,
+) -> float:
+    """mAP@k of the Google Landmarks v2 retrieval challenge (k = 100 there).
+
+    For each query q with m_q > 0 relevant gallery items (same label):
+
+        AP@k(q) = 1 / min(m_q, k) * sum_{i <= k} P_q(i) * rel_q(i)
+
+    where P_q(i) is the precision over the first i retrieved items and rel_q(i) is 1
+    when item i is relevant. mAP@k is the mean over those queries; queries with no
+    relevant item (NO_LANDMARK queries, classes absent from the gallery) are left out.
+    A retrieved distractor (label NO_LANDMARK) is never relevant. Fewer than k retrieved
+    items (a small gallery) count as they are; the denominator stays min(m_q, k).
+
+    Args:
+      retrieved_labels: [Q, K] labels of the gallery items retrieved for each query,
+        most similar first.
+      query_labels: [Q] each query's label.
+      relevant_counts: [Q] m_q, e.g. from count_relevant.
+      k: how many retrieved items count.
+
+    Returns:
+      mAP@k, or nan when no query has a relevant item.
+    """
+    retrieved_labels = np.asarray(retrieved_labels).reshape(len(query_labels), -1)[:, :k]
+    query_labels = np.asarray(query_labels)
+    relevant_counts = np.asarray(relevant_counts, np.int64)
+    scored = (relevant_counts > 0) & (query_labels != NO_LANDMARK)
+    if not scored.any():
+        return float("nan")
+    relevant = retrieved_labels[scored] == query_labels[scored, None]
+    precision_at_i = np.cumsum(relevant, axis=1) / np.arange(1, relevant.shape[1] + 1)
+    denominator = np.minimum(relevant_counts[scored], k)
+    return float(np.mean(np.sum(precision_at_i * relevant, axis=1) / denominator))
+
+
+def recall_at_k(retrieved_labels: np.ndarray, query_labels: np.ndarray, k: int) -> float:
+    """Fraction of landmark queries with a correct label among their k first retrieved items.
+
+    NO_LANDMARK queries are left out (they have no correct label); a query whose class is
+    absent from the gallery counts as a miss. nan without landmark queries.
+    """
+    retrieved_labels = np.asarray(retrieved_labels).reshape(len(query_labels), -1)[:, :k]
+    query_labels = np.asarray(query_labels)
+    landmark = query_labels != NO_LANDMARK
+    if not landmark.any():
+        return float("nan")
+    hits = np.any(retrieved_labels[landmark] == query_labels[landmark, None], axis=1)
+    return float(np.mean(hits))

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import dataclasses
 import json
 import os
 import sys
@@ -29,15 +30,16 @@ import tensorflow as tf
 from absl import flags
 from tqdm import tqdm
 
-from lmrec import cli, config, metrics, photo_archive, run_files, xmp
-from lmrec.config import PredictConfig
-from lmrec.data import images
+from lmrec import cli, config, metrics, photo_archive, recognizer, run_files, xmp
+from lmrec.config import ClassifierConfig, PredictConfig
+from lmrec.data import images, pipeline
 from lmrec.errors import UserError
 from lmrec.export import savedmodel, tflite
 from lmrec.registry import Registry
 from lmrec.tag_store import Row, TagStore, check_output
 
-# The label of a photo whose top probability is below the reject threshold.
+# The label of a photo whose open-set score (by default the top probability) is below
+# the reject threshold.
 NO_LANDMARK = metrics.NO_LANDMARK_NAME
 
 
@@ -67,13 +69,25 @@ class Tagger:
     class_names: list[str]
     image_size: int
     description: str  # which model: outputs from another one are not resumed
-    serve: Callable[..., dict]  # serving_images: images -> {"probabilities", ...}
-    reject_threshold: float = 0.0  # top probability below which a photo gets NO_LANDMARK
+    # serving_images: images -> {"probabilities", and "open_set_score" when the model has one}
+    serve: Callable[..., dict]
+    reject_threshold: float = 0.0  # open-set score below which a photo gets NO_LANDMARK
     engine: str = "savedmodel"
 
     def probabilities(self, pixels: np.ndarray) -> np.ndarray:
+        return self.answer(pixels)[0]
+
+    def answer(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(probabilities [batch, classes], open-set scores [batch]).
+
+        The open-set score is the model's open_set_score output, or the top probability
+        when it has none (a softmax model, a TFLite file).
+        """
         outputs = self.serve(images=tf.constant(pixels, dtype=tf.uint8))
-        return np.asarray(outputs["probabilities"])
+        probabilities = np.asarray(outputs["probabilities"])
+        if "open_set_score" in outputs:
+            return probabilities, np.asarray(outputs["open_set_score"])
+        return probabilities, probabilities.max(axis=1)
 
 
 def _tflite_serve(path: str) -> Callable[..., dict]:
@@ -89,7 +103,60 @@ def _newest_version(path: str) -> str | None:
     return os.path.join(path, max(versions, key=int))
 
 
-def load_tagger(model: str, engine: str = "auto") -> Tagger:
+def _recognizer_tagger(model: str, classifier: ClassifierConfig | None) -> Tagger:
+    """A model_dir's Tagger: a recognizer.Recognizer with the resolved classifier."""
+    trained = run_files.load(model)
+    resolved = recognizer.resolve(
+        model, classifier or ClassifierConfig(), None, trained.config.evaluate.reject_threshold
+    )
+    rec = recognizer.Recognizer(trained, resolved)
+    size = trained.image_size
+    # The export's serving_images resizes its input; the same op runs here.
+    resize = tf.function(
+        lambda images: pipeline.resize(images, size), input_signature=savedmodel.UINT8_SIGNATURE
+    )
+
+    def serve(images) -> dict:
+        answer = rec(resize(images))
+        return {"probabilities": answer.probabilities, "open_set_score": answer.scores}
+
+    # The classifier is part of the description, so a resumed output keeps one classifier.
+    description = f"model_dir {model}"
+    if resolved.classifier != "softmax":
+        description += f" --classifier={resolved.classifier}"
+    return Tagger(
+        class_names=rec.class_names,
+        image_size=size,
+        description=description,
+        serve=serve,
+        reject_threshold=resolved.threshold,
+        engine="keras" if rec.gallery is None else f"keras {resolved.classifier}",
+    )
+
+
+def _export_classifier(metadata: dict) -> str:
+    """The --classifier an export answers with (older exports: softmax)."""
+    return metadata.get("classifier", "softmax")
+
+
+def _check_classifier(saved_model: str, metadata: dict, classifier: ClassifierConfig) -> None:
+    """An export answers with the classifier it was exported with; another is a UserError."""
+    exported = _export_classifier(metadata)
+    score = metadata.get("open_set_score", recognizer.DEFAULT_SCORE)
+    asked_score = classifier.open_set_score or score
+    if classifier.classifier != exported or asked_score != score:
+        raise UserError(
+            f"{saved_model} answers with --classifier={exported} (--open_set_score={score}), "
+            f"not --classifier={classifier.classifier} (--open_set_score={asked_score}): an "
+            "export carries its classifier; export the model_dir again with "
+            f"python -m lmrec.export --model_dir={metadata.get('model_dir', '...')} "
+            f"--classifier={classifier.classifier}, or predict with the model_dir itself"
+        )
+
+
+def load_tagger(
+    model: str, engine: str = "auto", classifier: ClassifierConfig | None = None
+) -> Tagger:
     """Opens --model: a SavedModel, a folder of SavedModel versions, or a model_dir.
 
     engine: savedmodel calls the export's serving_images signature; tflite the
@@ -99,8 +166,15 @@ def load_tagger(model: str, engine: str = "auto") -> Tagger:
     backbones, probabilities a little off: opt-in only); auto takes the float32
     file when it exists. A model_dir runs its Keras model.
 
+    classifier: --classifier and its settings. A model_dir answers through a
+    recognizer.Recognizer with them (None: softmax), so landmarks added to its
+    gallery are labels too. An export answers with the classifier it was exported
+    with, and a TFLite file holds no gallery: a knn or hybrid export runs its
+    SavedModel.
+
     Raises:
-      UserError: the path is none of those, or a tflite engine finds no TFLite file.
+      UserError: the path is none of those, a tflite engine finds no TFLite file or
+        is asked to run a knn/hybrid export, or classifier differs from the export's.
     """
     spec = ENGINES.get(engine)
     if not model:
@@ -113,19 +187,7 @@ def load_tagger(model: str, engine: str = "auto") -> Tagger:
                 f"--engine={engine} needs an export: --model={model} is a model_dir "
                 "(python -m lmrec.export --tflite=float32,int8 writes one)"
             )
-        trained = run_files.load(model)
-        _, from_uint8 = savedmodel.serving_functions(
-            trained.model, trained.class_names, trained.image_size, trained.preprocess, 1
-        )
-        serve = tf.function(from_uint8, input_signature=savedmodel.UINT8_SIGNATURE)
-        return Tagger(
-            class_names=trained.class_names,
-            image_size=trained.image_size,
-            description=f"model_dir {model}",
-            serve=lambda images: serve(images),
-            reject_threshold=trained.config.evaluate.reject_threshold,
-            engine="keras",
-        )
+        return _recognizer_tagger(model, classifier)
     saved_model = model
     if not os.path.isfile(os.path.join(model, "saved_model.pb")):
         saved_model = _newest_version(model)
@@ -135,7 +197,23 @@ def load_tagger(model: str, engine: str = "auto") -> Tagger:
                 f"{run_files.CONFIG_FILE}"
             )
     metadata = savedmodel.read_metadata(saved_model)
+    if classifier is not None:
+        _check_classifier(saved_model, metadata, classifier)
     variant = spec.tflite
+    # The TFLite files give probabilities and embeddings; the kNN votes and an open-set
+    # score other than the top probability exist in the SavedModel only.
+    needs_saved_model = _export_classifier(metadata) != "softmax" or (
+        metadata.get("open_set_score", recognizer.DEFAULT_SCORE) != recognizer.DEFAULT_SCORE
+    )
+    if spec.required and needs_saved_model:
+        raise UserError(
+            f"--engine={engine}: {saved_model} answers with "
+            f"--classifier={_export_classifier(metadata)} (open-set score "
+            f"{metadata.get('open_set_score')}), which its TFLite files do not hold; "
+            "use --engine=savedmodel"
+        )
+    if needs_saved_model:
+        variant = ""
     tflite_file = os.path.join(tflite.output_folder(saved_model), f"{variant}.tflite")
     if spec.required and not os.path.isfile(tflite_file):
         raise UserError(
@@ -218,14 +296,22 @@ class Labeling:
     reject_threshold: float
     min_score: float
 
-    def rows(self, paths: list[str], probabilities: np.ndarray) -> list[Row]:
-        """One Row per photo of a batch; the top-k of the whole batch in one sort."""
+    def rows(self, paths: list[str], probabilities: np.ndarray, open_set_scores=None) -> list[Row]:
+        """One Row per photo of a batch; the top-k of the whole batch in one sort.
+
+        A photo whose open-set score (None: its top probability) is below the reject
+        threshold is labelled NO_LANDMARK.
+        """
         order = top_k_indices(probabilities, self.k)
         scores = np.take_along_axis(probabilities, order, axis=1).tolist()
+        if open_set_scores is None:
+            open_set_scores = [ranked[0] for ranked in scores]
         rows = []
-        for path, indices, ranked_scores in zip(paths, order.tolist(), scores, strict=True):
+        for path, indices, ranked_scores, open_set_score in zip(
+            paths, order.tolist(), scores, np.asarray(open_set_scores).tolist(), strict=True
+        ):
             best = ranked_scores[0]
-            if best < self.reject_threshold:
+            if open_set_score < self.reject_threshold:
                 label = NO_LANDMARK
             elif best < self.min_score:
                 label = ""
@@ -290,13 +376,17 @@ def predict(
     max_file_mb: int = images.MAX_FILE_MB,
     max_megapixels: int = images.MAX_MEGAPIXELS,
     decode_memory_mb: int = images.DECODE_MEMORY_MB,
+    classifier: ClassifierConfig | None = None,
 ) -> PredictResult:
     """Tags every photo under inputs; writes CSV or JSON to output when given.
 
-    model is a path for load_tagger(model, engine), or a Tagger already loaded
-    (benchmarks, a notebook tagging several folders). A photo whose top
-    probability is below reject_threshold (None: the model's stored
-    --reject_threshold) is labelled NO_LANDMARK; its top-k stay in the output. An
+    model is a path for load_tagger(model, engine, classifier), or a Tagger already
+    loaded (benchmarks, a notebook tagging several folders). classifier (--classifier
+    softmax | knn | hybrid and its settings) applies to a model_dir, whose gallery's
+    added landmarks then are labels too; an export answers with the classifier it was
+    exported with. A photo whose open-set score (the top probability, unless the model
+    stores another: recognizer.resolve) is below reject_threshold (None: the model's
+    stored threshold) is labelled NO_LANDMARK; its top-k stay in the output. An
     existing output is resumed: photos tagged in it are not redone. On Ctrl-C the
     output is written with what is done, then the interrupt goes on.
 
@@ -314,9 +404,10 @@ def predict(
     if not 0.0 <= min_score <= 1.0:
         raise UserError(f"--min_score={min_score} must be within [0, 1]")
     limits = images.Limits.from_flags(max_file_mb, max_megapixels, decode_memory_mb)
-    tagger = model if isinstance(model, Tagger) else load_tagger(model, engine)
+    if reject_threshold is not None:
+        metrics.check_threshold(reject_threshold)
+    tagger = model if isinstance(model, Tagger) else load_tagger(model, engine, classifier)
     threshold = tagger.reject_threshold if reject_threshold is None else reject_threshold
-    metrics.check_threshold(threshold)
     labeling = Labeling(
         tagger.class_names, max(1, min(top_k, len(tagger.class_names))), threshold, min_score
     )
@@ -338,8 +429,12 @@ def predict(
                 rows = [Row(file=path, error=data) for path, data in batch if isinstance(data, str)]
                 good = [(path, data) for path, data in batch if not isinstance(data, str)]
                 if good:
-                    probabilities = tagger.probabilities(np.stack([data for _, data in good]))
-                    tagged = labeling.rows([path for path, _ in good], probabilities)
+                    probabilities, open_set_scores = tagger.answer(
+                        np.stack([data for _, data in good])
+                    )
+                    tagged = labeling.rows(
+                        [path for path, _ in good], probabilities, open_set_scores
+                    )
                     if write_xmp:
                         _write_sidecars(tagged, scan, tagger.description, result)
                     rows += tagged
@@ -441,6 +536,11 @@ def main(argv: list[str]) -> int:
     threshold = None
     if flags.FLAGS["reject_threshold"].present:
         threshold = flags.FLAGS.reject_threshold
+    # Only classifier flags given on the command line (or in a flagfile) reach an export,
+    # which refuses a classifier other than its own.
+    classifier = None
+    if any(flags.FLAGS[f.name].present for f in dataclasses.fields(ClassifierConfig)):
+        classifier = config.from_flags(ClassifierConfig, flags.FLAGS)
     result = predict(
         settings.model,
         argv[1:],
@@ -454,6 +554,7 @@ def main(argv: list[str]) -> int:
         max_file_mb=settings.max_file_mb,
         max_megapixels=settings.max_megapixels,
         decode_memory_mb=settings.decode_memory_mb,
+        classifier=classifier,
     )
     return exit_status(result)
 

@@ -18,9 +18,10 @@ SECTIONS = (
     "confusion",
     "most-confused",
     "per-class",
-    "gallery",
+    "highest-loss",
     "calibration",
     "open-set",
+    "classifiers",
     "skipped",
 )
 
@@ -33,12 +34,25 @@ td:first-child, th:first-child { text-align: left; }
 img { max-width: 100%; border: 1px solid #ddd; }
 .weak { color: #b00; }
 .note { color: #666; font-size: 0.9em; }
+.neighbours td { vertical-align: top; text-align: center; font-size: 0.8em; }
+.neighbours img { display: block; margin: 0 auto 2px; max-height: 112px; }
+.missing { width: 112px; height: 84px; margin: 0 auto 2px; background: #eee; color: #888;
+  display: flex; align-items: center; justify-content: center; }
 """
 
 
 def _image(png: bytes, alt: str) -> str:
     data = base64.b64encode(png).decode("ascii")
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+
+
+def _thumbnail(jpeg: bytes | None, alt: str) -> str:
+    """A JPEG thumbnail as an <img>; a grey placeholder when the photo could not be read."""
+    if not jpeg:
+        return f'<div class="missing" title="{html.escape(alt)}">photo unavailable</div>'
+    data = base64.b64encode(jpeg).decode("ascii")
+    label = html.escape(alt)
+    return f'<img alt="{label}" title="{label}" src="data:image/jpeg;base64,{data}">'
 
 
 def _table(header: list[str], rows: list[list]) -> str:
@@ -59,13 +73,18 @@ def _section(anchor: str, title: str, body: str) -> str:
     return f'<section id="{anchor}"><h2>{html.escape(title)}</h2>{body}</section>'
 
 
-def render(summary: dict, figures: dict[str, bytes], title: str) -> str:
+def render(
+    summary: dict, figures: dict[str, bytes], title: str, neighbours: list[dict] | None = None
+) -> str:
     """The report page.
 
     Args:
       summary: evaluate's metrics.json content.
-      figures: PNG bytes by name: confusion_matrix, gallery, reliability, coverage.
+      figures: PNG bytes by name: confusion_matrix, highest_loss, reliability, coverage,
+        and classifiers when the model has a gallery.
       title: the page heading (the model_dir's name).
+      neighbours: evaluate.worst_neighbours: highest-loss photos with their nearest
+        gallery photos (JPEG thumbnails), shown under the highest-loss grid.
     """
     figure = {name: _image(png, name) for name, png in figures.items()}
     open_set = summary.get("open_set", {})
@@ -116,11 +135,12 @@ def render(summary: dict, figures: dict[str, bytes], title: str) -> str:
             + '<p class="note">Weakest classes first.</p>',
         ),
         _section(
-            "gallery",
+            "highest-loss",
             "Highest-loss photos",
             '<p class="note">The photos the model got most wrong: true and predicted label '
             "with the predicted probability (red: misclassified).</p>"
-            + figure.get("gallery", "<p>No photos.</p>"),
+            + figure.get("highest_loss", "<p>No photos.</p>")
+            + _neighbours(neighbours or []),
         ),
         _section(
             "calibration",
@@ -130,6 +150,11 @@ def render(summary: dict, figures: dict[str, bytes], title: str) -> str:
             "from its accuracy.</p>" + figure.get("reliability", ""),
         ),
         _section("open-set", "Non-landmark photos and rejection", _open_set(open_set, figure)),
+        _section(
+            "classifiers",
+            "Classifiers side by side",
+            _classifiers(summary.get("classifiers"), summary.get("retrieval"), figure),
+        ),
         _cam_crop(summary.get("cam_crop")),
         _section(
             "skipped",
@@ -186,6 +211,87 @@ def _open_set(open_set: dict, figure: dict[str, str]) -> str:
     )
 
 
-def write(path: str, summary: dict, figures: dict[str, bytes], title: str) -> None:
+def _neighbours(rows: list[dict]) -> str:
+    """Each highest-loss photo beside its nearest gallery photos, label and similarity."""
+    if not rows:
+        return ""
+    body = []
+    for row in rows:
+        cells = [
+            _thumbnail(row["image"], row["id"])
+            + f"true: {html.escape(row['true'])}<br>"
+            + f"pred: {html.escape(row['predicted'])} ({row['confidence']:.2f})"
+        ]
+        for near in row["neighbours"]:
+            cells.append(
+                _thumbnail(near["image"], near["photo_id"])
+                + f"{html.escape(near['label'])}<br>similarity {near['similarity']:.3f}"
+            )
+        body.append("<tr>" + "".join(f"<td>{cell}</td>" for cell in cells) + "</tr>")
+    columns = max(len(row["neighbours"]) for row in rows)
+    head = "<th>photo</th>" + "".join(f"<th>gallery #{i + 1}</th>" for i in range(columns))
+    return (
+        '<p class="note">Nearest photos of the embedding gallery (cosine similarity): '
+        "when they show the predicted landmark, they explain the mistake.</p>"
+        f'<table class="neighbours"><tr>{head}</tr>{"".join(body)}</table>'
+    )
+
+
+def _classifiers(classifiers: dict | None, retrieval: dict | None, figure: dict[str, str]) -> str:
+    if not classifiers:
+        return (
+            '<p class="note">The model has no embedding gallery; build one with python -m '
+            "lmrec.gallery build to compare softmax, knn and hybrid.</p>"
+        )
+    names = list(classifiers)
+    rows = [
+        ["open-set score", *[classifiers[n]["score"] for n in names]],
+        ["threshold", *[classifiers[n]["threshold"] for n in names]],
+        ["accuracy (landmark photos)", *[classifiers[n]["accuracy"] for n in names]],
+        ["GAP without distractors", *[classifiers[n]["gap_without_distractors"] for n in names]],
+    ]
+    if any(classifiers[n]["distractors_rejected"] is not None for n in names):
+        rows.append(["GAP with distractors", *[classifiers[n]["gap"] for n in names]])
+    rows.append(
+        ["landmark photos rejected", *[classifiers[n]["landmarks_rejected"] for n in names]]
+    )
+    if any(classifiers[n]["distractors_rejected"] is not None for n in names):
+        rows.append(
+            ["distractors rejected", *[classifiers[n]["distractors_rejected"] for n in names]]
+        )
+    rows = [[row[0], *["" if v is None else v for v in row[1:]]] for row in rows]
+    parts = [
+        '<p class="note">The same photos answered by the trained softmax, by the votes of '
+        "the nearest gallery photos (knn), and by both (hybrid), each rejecting below its "
+        "own open-set score and threshold.</p>",
+        _table(["", *names], rows),
+        figure.get("classifiers", ""),
+    ]
+    if retrieval:
+        parts.append(
+            f'<p class="note">Retrieval: the {retrieval["queries"]} landmark photos searched '
+            f"among the {retrieval['gallery_photos']} gallery photos.</p>"
+            + _table(
+                ["metric", "value"],
+                [
+                    [name, "" if retrieval[key] is None else retrieval[key]]
+                    for name, key in (
+                        ("mAP@100", "map_at_100"),
+                        ("recall@1", "recall_at_1"),
+                        ("recall@5", "recall_at_5"),
+                    )
+                ],
+            )
+        )
+    return "".join(parts)
+
+
+def write(
+    path: str,
+    summary: dict,
+    figures: dict[str, bytes],
+    title: str,
+    neighbours: list[dict] | None = None,
+) -> None:
     """Writes the page atomically."""
-    atomic.write_text(path, render(summary, figures, title))
+    atomic.write_text(path, render(summary, figures, title, neighbours))

@@ -23,6 +23,7 @@ BYTES_INPUT = "image_bytes"
 UINT8_INPUT = "images"
 DEFAULT_SIGNATURE = "serving_default"
 UINT8_SIGNATURE = "serving_images"
+EMBEDDINGS_SIGNATURE = "serving_embeddings"
 WARMUP_BATCH_SIZES = (1, 8)  # a single upload and a small batch: both shapes get built.
 
 
@@ -52,13 +53,14 @@ def predict_request(model_name: str, signature: str, inputs: dict[str, np.ndarra
 
 
 def warmup_requests(model_name: str, image_size: int) -> list:
-    """PredictRequests for both signatures at each warm-up batch size."""
+    """PredictRequests for every signature at each warm-up batch size."""
     requests = []
     for batch in WARMUP_BATCH_SIZES:
         jpegs = [warmup_jpeg(image_size, seed) for seed in range(batch)]
-        requests.append(
-            predict_request(model_name, DEFAULT_SIGNATURE, {BYTES_INPUT: np.array(jpegs, object)})
-        )
+        for signature in (DEFAULT_SIGNATURE, EMBEDDINGS_SIGNATURE):
+            requests.append(
+                predict_request(model_name, signature, {BYTES_INPUT: np.array(jpegs, object)})
+            )
         pixels = np.stack([tf.io.decode_jpeg(jpeg).numpy() for jpeg in jpegs])
         requests.append(predict_request(model_name, UINT8_SIGNATURE, {UINT8_INPUT: pixels}))
     return requests

@@ -18,6 +18,7 @@ parsed flags. lmrec.flags says which classes each command has.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Iterable
 from typing import Any
 
@@ -120,6 +121,15 @@ def parse(
     return flag_values
 
 
+def flag_value(flag_values: flags.FlagValues, name: str) -> Any:
+    """A parsed flag's value; a string starting with ~ is expanded to the home folder,
+    since the shell leaves the ~ of --input_dir=~/Pictures as it is."""
+    value = flag_values[name].value
+    if isinstance(value, str) and value.startswith("~"):
+        return os.path.expanduser(value)
+    return value
+
+
 def values(cls: type, flag_values: flags.FlagValues, **extra: Any) -> Any:
     """Builds a config class from parsed flags of the same names (plus extra fields)."""
-    return cls(**{f.name: flag_values[f.name].value for f in flag_fields(cls)}, **extra)
+    return cls(**{f.name: flag_value(flag_values, f.name) for f in flag_fields(cls)}, **extra)

@@ -63,7 +63,9 @@ def test_each_stage_defines_its_own_flags():
     assert {"source", "input_dir", "demo_images_per_class", "gldv2_dir", "tfds_name"} <= prepare
     assert "epochs_frozen" not in prepare
     assert {f.name for f in flags.fields("evaluate")} == {
-        "model_dir", "data", "distractors", "reject_threshold", "cam_crop", "batch_size", "quiet"
+        "model_dir", "data", "distractors", "reject_threshold", "cam_crop", "batch_size", "quiet",
+        "classifier", "knn_k", "knn_power", "knn_weight", "open_set_score",
+        "choose_threshold", "max_landmarks_rejected",
     }  # fmt: skip
 
 
@@ -226,3 +228,15 @@ def test_evaluate_and_predict_read_a_training_flagfile(env_for_subprocess, tmp_p
         env_for_subprocess,
     )
     assert evaluate.returncode == 2 and "Flags parsing error" not in evaluate.stderr
+
+
+def test_a_path_flag_starting_with_a_tilde_is_in_the_home_folder(monkeypatch):
+    """The shell leaves --input_dir=~/x unexpanded; lmrec expands it."""
+    monkeypatch.setenv("HOME", "/home/someone")
+    values = flags.parse(["--source=folder", "--input_dir=~/Pictures/landmarks"], stage="prepare")
+    prepare_config = config.from_flags(config.PrepareConfig, values)
+    assert prepare_config.input_dir == "/home/someone/Pictures/landmarks"
+    values = flags.parse(["--source=gldv2", "--gldv2_dir=~/gldv2"], stage="prepare")
+    assert config.from_flags(config.PrepareConfig, values).source_options["gldv2_dir"] == (
+        "/home/someone/gldv2"
+    )

@@ -285,7 +285,7 @@ fake = predict.Tagger(
     class_names=["arch", "tower"], image_size=32, description="fake model",
     serve=lambda images: {"probabilities": np.tile(np.float32([[0.9, 0.1]]), (len(images), 1))},
 )
-predict.load_tagger = lambda model, engine="auto": fake
+predict.load_tagger = lambda model, engine="auto", classifier=None: fake
 flags.FLAGS(["lmrec.predict", "--model=fake", f"--output={output}"])
 runs = []
 for run in range(3):

@@ -149,3 +149,70 @@ def test_rejection_keeps_a_confidence_equal_to_the_threshold():
     )
     # Ranked 0.7 (right), 0.6 (right), 0.55 (distractor, wrong), 0.5 (right): (1 + 1 + 3/4) / 3.
     assert no_rejection == pytest.approx((1 + 1 + 0.75) / 3)
+
+
+def test_map_at_k_by_hand():
+    # Query 0 (label 1, 3 relevant): hits at ranks 1, 3, 4 -> (1 + 2/3 + 3/4) / 3.
+    # Query 1 (label 2, 5 relevant, 2 retrieved): hit at rank 2 -> (1/2) / 5.
+    retrieved = np.array([[1, 0, 1, 1], [metrics.NO_LANDMARK, 2, 0, 0]])
+    result = metrics.mean_average_precision_at_k(retrieved, np.array([1, 2]), np.array([3, 5]))
+    assert result == pytest.approx(((1 + 2 / 3 + 3 / 4) / 3 + 0.5 / 5) / 2)
+
+
+def test_map_at_k_follows_the_gldv2_edge_cases():
+    retrieved = np.array([[1, 0, 1, 1], [2, 2, 2, 2], [0, 0, 0, 0], [1, 1, 1, 1]])
+    query_labels = np.array([1, 2, 3, metrics.NO_LANDMARK])
+    # Only k items count, and at most k relevant ones: min(m_q, k) is the denominator.
+    ranked = metrics.mean_average_precision_at_k(retrieved[:1], query_labels[:1], [3], k=2)
+    assert ranked == pytest.approx(1 / 2)
+    assert metrics.mean_average_precision_at_k(retrieved[1:2], [2], [500], k=4) == 1.0
+    # Queries without relevant gallery items (label 3, NO_LANDMARK) are left out of the mean.
+    both = metrics.mean_average_precision_at_k(retrieved, query_labels, [3, 4, 0, 9])
+    assert both == pytest.approx(((1 + 2 / 3 + 3 / 4) / 3 + 1.0) / 2)
+    assert np.isnan(metrics.mean_average_precision_at_k(retrieved[2:], query_labels[2:], [0, 4]))
+
+
+def test_map_at_k_equals_a_brute_force_loop():
+    rng = np.random.default_rng(0)
+    query_labels = rng.integers(-1, 4, 30)
+    retrieved = rng.integers(-1, 4, (30, 12))
+    counts = rng.integers(0, 15, 30)
+    expected = []
+    for labels, query, count in zip(retrieved, query_labels, counts, strict=True):
+        if count == 0 or query == metrics.NO_LANDMARK:
+            continue
+        hits, total = 0, 0.0
+        for rank, label in enumerate(labels[:10], start=1):
+            if label == query:
+                hits += 1
+                total += hits / rank
+        expected.append(total / min(count, 10))
+    result = metrics.mean_average_precision_at_k(retrieved, query_labels, counts, k=10)
+    assert result == pytest.approx(np.mean(expected))
+
+
+def test_count_relevant_skips_distractors_and_no_landmark_queries():
+    gallery = np.array([0, 0, 1, metrics.NO_LANDMARK, 2, 0])
+    counts = metrics.count_relevant(np.array([0, 1, 3, metrics.NO_LANDMARK, 2]), gallery)
+    assert counts.tolist() == [3, 1, 0, 0, 1]
+
+
+def test_recall_at_k_by_hand():
+    retrieved = np.array([[0, 1, 2], [2, 2, 1], [0, 0, 0], [1, 2, 0]])
+    query_labels = np.array([0, 1, 1, metrics.NO_LANDMARK])
+    assert metrics.recall_at_k(retrieved, query_labels, 1) == pytest.approx(1 / 3)
+    assert metrics.recall_at_k(retrieved, query_labels, 3) == pytest.approx(2 / 3)
+    assert metrics.recall_at_k(retrieved[:, :2], query_labels, 5) == pytest.approx(1 / 3)
+    assert np.isnan(metrics.recall_at_k(retrieved[3:], query_labels[3:], 1))
+
+
+def test_gap_ranks_ties_wrong_first():
+    """Two photos at the same confidence, one right and one wrong: the wrong one counts
+    first, whatever their order in the input."""
+    truth = np.array([0, 1])
+    predicted = np.array([0, 0])
+    for order in ([0, 1], [1, 0]):
+        gap = metrics.global_average_precision(truth[order], predicted[order], np.ones(2))
+        assert gap == pytest.approx(0.5 * 0.5)  # the right one at rank 2: P = 1/2, M = 2
+    distinct = metrics.global_average_precision(truth, predicted, np.array([0.9, 0.8]))
+    assert distinct == pytest.approx(0.5)

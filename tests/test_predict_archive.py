@@ -144,7 +144,7 @@ def test_heic_without_pillow_heif_names_the_package(monkeypatch):
 def _stop_at_call(monkeypatch, call: int, error: type[BaseException]) -> list[int]:
     """Makes the model's call number `call` raise error; returns the batch sizes it saw."""
     calls: list[int] = []
-    original = predict.Tagger.probabilities
+    original = predict.Tagger.answer
 
     def stopping(self, pixels):
         calls.append(len(pixels))
@@ -152,7 +152,7 @@ def _stop_at_call(monkeypatch, call: int, error: type[BaseException]) -> list[in
             raise error
         return original(self, pixels)
 
-    monkeypatch.setattr(predict.Tagger, "probabilities", stopping)
+    monkeypatch.setattr(predict.Tagger, "answer", stopping)
     return calls
 
 
@@ -186,7 +186,7 @@ import os, signal, sys
 from lmrec import predict
 
 calls = []
-original = predict.Tagger.probabilities
+original = predict.Tagger.answer
 
 def killing(self, pixels):
     calls.append(len(pixels))
@@ -194,7 +194,7 @@ def killing(self, pixels):
         os.kill(os.getpid(), signal.SIGKILL)
     return original(self, pixels)
 
-predict.Tagger.probabilities = killing
+predict.Tagger.answer = killing
 predict.predict(sys.argv[1], [sys.argv[2]], sys.argv[3], batch_size=2, verbose=False)
 """
 

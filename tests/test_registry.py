@@ -8,6 +8,7 @@ from lmrec import (
     callbacks,
     distribute,
     feature_cache,
+    knn,
     losses,
     lr_find,
     optimizers,
@@ -116,6 +117,9 @@ REGISTRIES = [
     (feature_cache.CACHE_MODES, "cache_frozen_features"),
     (callbacks.EARLY_STOPPING_METRICS, "early_stopping_metric"),
     (callbacks.SELECT_EPOCH, "select_epoch"),
+    (knn.INDEXES, "index"),
+    (knn.CLASSIFIERS, "classifier"),
+    (knn.OPEN_SET_SCORES, "open_set_score"),
 ]
 
 
@@ -149,6 +153,9 @@ LOOKUPS = [
     (lambda name: performance.jit_compile(name), "jit_compile"),
     (lambda name: tflite.parse_variants(f"float32,{name}"), "tflite"),
     (lambda name: predict.load_tagger("unused", name), "engine"),
+    (lambda name: knn.build_index([[1.0]], name), "index"),
+    (lambda name: knn.classify(name), "classifier"),
+    (lambda name: knn.open_set_score(name), "open_set_score"),
 ]
 
 

@@ -112,7 +112,8 @@ def test_warmup_file_holds_requests_every_signature_answers(exported):
     trained, path, loaded = exported
     requests = serving.read_warmup_file(f"{path}/assets.extra/{serving.WARMUP_FILE}")
     seen = {(r.model_spec.signature_name, r.model_spec.name) for r in requests}
-    assert seen == {("serving_default", "demo"), ("serving_images", "demo")}
+    signatures = ("serving_default", "serving_images", "serving_embeddings")
+    assert seen == {(name, "demo") for name in signatures}
     sizes = set()
     for request in requests:
         signature = loaded.signatures[request.model_spec.signature_name]
@@ -120,6 +121,10 @@ def test_warmup_file_holds_requests_every_signature_answers(exported):
         batch = len(next(iter(inputs.values())))
         sizes.add(batch)
         outputs = signature(**{k: tf.constant(v) for k, v in inputs.items()})
+        if request.model_spec.signature_name == "serving_embeddings":
+            assert outputs["ok"].numpy().all()
+            np.testing.assert_allclose(np.linalg.norm(outputs["embeddings"], axis=1), 1, atol=1e-5)
+            continue
         assert outputs["probabilities"].shape == (batch, len(trained.class_names))
         np.testing.assert_allclose(outputs["probabilities"].numpy().sum(axis=1), 1, atol=1e-4)
     assert sizes == set(serving.WARMUP_BATCH_SIZES)

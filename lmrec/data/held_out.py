@@ -27,6 +27,7 @@ class EvalData:
     dataset: tf.data.Dataset
     description: str
     skipped: list[dict[str, str]] = field(default_factory=list)
+    count: int | None = None  # photos it reads (some may fail to decode), when known upfront
 
 
 def _label_map(data_labels: list[str], model_labels: list[str]) -> tuple[np.ndarray, list[str]]:
@@ -82,7 +83,7 @@ def _folder_data(trained, folder: str, batch_size: int) -> EvalData:
         raise UserError(f"--data={folder} has no photos in folders named after the model's classes")
     max_side = trained.config.prepare.max_image_side
     dataset = pipeline.photo_dataset(usable, trained.image_size, batch_size, max_side, skipped)
-    return EvalData(dataset, folder, skipped)
+    return EvalData(dataset, folder, skipped, count=len(usable))
 
 
 def distractor_data(trained, folder: str, batch_size: int) -> EvalData:
@@ -122,6 +123,25 @@ def eval_data(trained, data: str, batch_size: int) -> EvalData:
     if prepare.is_prepared(data):
         return _val_split(trained, data, batch_size)
     return _folder_data(trained, data, batch_size)
+
+
+def train_data(trained, data: str, batch_size: int) -> EvalData:
+    """The photos a gallery is built from (lmrec.gallery build), in the model's label space.
+
+    "" is the train shards of the dataset the model was trained on, a prepared dataset
+    folder its train shards; a glob of shards or a folder of class folders is read as
+    eval_data reads it.
+    """
+    if data and (any(ch in data for ch in "*?[") or not prepare.is_prepared(data)):
+        return eval_data(trained, data, batch_size)
+    data_dir = data or trained.config.data.data_dir
+    pattern = records.shard_pattern(data_dir, "train")
+    if not tf.io.gfile.glob(pattern):
+        raise UserError(f"{data_dir!r} has no train shards; pass --data=a folder of class folders")
+    count = prepare.read_stats(data_dir)["totals"]["train"]
+    found = _shard_data(trained, pattern, data_dir, batch_size, num_examples=count)
+    found.count = None if found.skipped else count
+    return found
 
 
 def held_out_images(trained, data: str, max_images: int) -> tuple[np.ndarray, np.ndarray, str]:

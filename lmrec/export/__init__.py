@@ -15,6 +15,7 @@ from lmrec.export.savedmodel import (
     export_saved_model,
     next_version,
     read_metadata,
+    recognizer_functions,
     serving_archive,
     serving_functions,
 )
@@ -26,6 +27,7 @@ __all__ = [
     "export_saved_model",
     "next_version",
     "read_metadata",
+    "recognizer_functions",
     "serving_archive",
     "serving_functions",
 ]

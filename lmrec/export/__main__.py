@@ -1,6 +1,7 @@
 """python -m lmrec.export: a model_dir -> SavedModel (+ TFLite/ONNX with --tflite).
 
 python -m lmrec.export --model_dir=runs/demo [--export_dir=export] [--tflite=float32,int8]
+    [--classifier=softmax|knn|hybrid --knn_k=10 --knn_power=3 --knn_weight=0.5]
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ def main(argv: list[str]) -> int:
         raise UserError("--model_dir is required")
     # Checked before the export, so a typo does not leave a version behind.
     variants = tflite.check_settings(export_config.tflite, export_config.tflite_check_images)
-    path = export_saved_model(model_dir, export_config)
+    classifier = config.from_flags(config.ClassifierConfig, flags.FLAGS)
+    path = export_saved_model(model_dir, export_config, classifier=classifier)
     print(path)
     if variants:
         data = flags.FLAGS.data

@@ -2,7 +2,8 @@
 
 The TFLite and ONNX exports both run the SavedModel's serving graph without
 decode and resize (probabilities_function) on the same held-out images and
-measure each file against it (check).
+measure each file against it (check): the probabilities against serving_images,
+and for TFLite the embeddings against serving_embeddings.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import tensorflow as tf
+
+from lmrec import recognizer
 
 
 @dataclass
@@ -27,6 +30,8 @@ class VariantCheck:
     max_abs_diff: float = 0.0  # largest |probability difference| over images and classes
     mean_abs_diff: float = 0.0
     accuracy: float = 0.0  # top-1 against the images' labels
+    # largest |embedding difference| against serving_embeddings (TFLite; 0 when not compared)
+    embeddings_max_abs_diff: float = 0.0
     images_per_second: float = 0.0  # batch 1, after one warm-up call
     skipped: str = ""  # why it was not converted (ONNX without its packages)
 
@@ -50,7 +55,7 @@ class TfliteReport:
     def table(self) -> str:
         rows = [
             f"{'variant':<8} {'MB':>7} {'top-1 agree':>12} {'max |dp|':>9} {'mean |dp|':>9} "
-            f"{'accuracy':>8} {'images/s':>9}"
+            f"{'max |de|':>9} {'accuracy':>8} {'images/s':>9}"
         ]
         for c in self.checks:
             if c.skipped:
@@ -59,7 +64,8 @@ class TfliteReport:
             agree = f"{round(c.top1_agreement * self.images)}/{self.images}"
             rows.append(
                 f"{c.variant:<8} {c.size_mb:7.2f} {agree:>12} {c.max_abs_diff:9.1e} "
-                f"{c.mean_abs_diff:9.1e} {c.accuracy:8.3f} {c.images_per_second:9.1f}"
+                f"{c.mean_abs_diff:9.1e} {c.embeddings_max_abs_diff:9.1e} {c.accuracy:8.3f} "
+                f"{c.images_per_second:9.1f}"
             )
         rows.append(
             f"SavedModel accuracy on the same {self.images} images ({self.image_source}): "
@@ -68,13 +74,22 @@ class TfliteReport:
         return "\n".join(rows)
 
 
-def probabilities_function(trained) -> Callable:
-    """uint8 [batch, S, S, 3] -> {"probabilities"}: the serving graph without decode/resize."""
-    model, preprocess = trained.model, trained.preprocess
+def probabilities_function(trained, with_embeddings: bool = True) -> Callable:
+    """uint8 [batch, S, S, 3] -> {"probabilities", "embeddings"}: the serving graph without
+    decode/resize, in one forward pass (recognizer.probabilities_and_embeddings_model).
+
+    The embeddings (float32 [batch, D], L2-normalized) are what serving_embeddings
+    returns; with_embeddings=False leaves them out (the ONNX file).
+    """
+    model = recognizer.probabilities_and_embeddings_model(trained.model)
+    preprocess = trained.preprocess
 
     def probabilities(images: tf.Tensor) -> dict[str, tf.Tensor]:
-        probabilities = model(preprocess(tf.cast(images, tf.float32)), training=False)
-        return {"probabilities": tf.cast(probabilities, tf.float32)}
+        softmax, embedding = model(preprocess(tf.cast(images, tf.float32)), training=False)
+        outputs = {"probabilities": tf.cast(softmax, tf.float32)}
+        if with_embeddings:
+            outputs["embeddings"] = tf.cast(embedding, tf.float32)
+        return outputs
 
     return probabilities
 
@@ -84,10 +99,21 @@ def input_signature(image_size: int) -> list[tf.TensorSpec]:
 
 
 def check(
-    name: str, path: str, probs: np.ndarray, images_per_second: float, reference, labels
+    name: str,
+    path: str,
+    probs: np.ndarray,
+    images_per_second: float,
+    reference,
+    labels,
+    embeddings: np.ndarray | None = None,
+    reference_embeddings: np.ndarray | None = None,
 ) -> VariantCheck:
     diff = np.abs(probs - reference)
+    embeddings_diff = 0.0
+    if embeddings is not None and reference_embeddings is not None:
+        embeddings_diff = float(np.abs(embeddings - reference_embeddings).max(initial=0.0))
     return VariantCheck(
+        embeddings_max_abs_diff=embeddings_diff,
         variant=name,
         file=os.path.basename(path),
         size_mb=os.path.getsize(path) / 1e6,

@@ -28,7 +28,8 @@ def export_onnx(trained, folder: str, images, reference, labels, num_threads) ->
     except ImportError:
         return VariantCheck("onnx", skipped=ONNX_MISSING)
     function = tf.function(
-        probabilities_function(trained), input_signature=input_signature(trained.image_size)
+        probabilities_function(trained, with_embeddings=False),
+        input_signature=input_signature(trained.image_size),
     )
     try:
         proto, _ = tf2onnx.convert.from_function(

@@ -9,15 +9,20 @@ For the SavedModel export/<name>/<version>/ this writes export/<name>_tflite/<ve
   tflite_report.json
 
 Every file takes images: uint8 [batch, S, S, 3] (RGB, already resized to the
-model's side S) and returns probabilities: float32 [batch, classes]; the
-backbone's normalization is inside. Decoding and resizing stay outside because
-TFLite's builtin ops have neither JPEG decoding nor antialiased resizing, and a
-phone has its own decoder. The folder sits beside <name>/, not in it, so TF
-Serving's scan of numbered versions never sees it.
+model's side S) and returns probabilities: float32 [batch, classes] and
+embeddings: float32 [batch, D] (L2-normalized, what the SavedModel's
+serving_embeddings returns); the backbone's normalization is inside. kNN
+classification stays out of the files, whatever --classifier the SavedModel was
+exported with: an app on a phone searches its own gallery with the embeddings.
+Decoding and resizing stay outside because TFLite's builtin ops have neither
+JPEG decoding nor antialiased resizing, and a phone has its own decoder. The
+folder sits beside <name>/, not in it, so TF Serving's scan of numbered versions never sees it.
 
 Each variant is run on the same held-out images as the SavedModel's
 serving_images signature, and the report gives per variant: top-1 agreement,
-the largest and mean |probability difference|, file size and images/s.
+the largest and mean |probability difference|, the largest |embedding
+difference| against serving_embeddings on the same images (PNG-encoded, so they
+decode to the same pixels), file size and images/s.
 """
 
 from __future__ import annotations
@@ -138,13 +143,24 @@ def interpreter(model_path: str, num_threads: int):
     return Interpreter(model_path=model_path, num_threads=num_threads)
 
 
-def run_tflite(model_path: str, images: np.ndarray, num_threads: int) -> tuple[np.ndarray, float]:
-    """Probabilities for uint8 images, one per call as on a phone; returns (probs, images/s)."""
+def run_tflite(
+    model_path: str, images: np.ndarray, num_threads: int
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Probabilities and embeddings for uint8 images, one per call as on a phone.
+
+    Returns:
+      (probabilities, embeddings, images/s).
+    """
     runner = interpreter(model_path, num_threads).get_signature_runner("serving_default")
     runner(images=images[:1])  # warm-up: allocation and delegate setup are not timed
     start = time.perf_counter()
-    outputs = [runner(images=images[i : i + 1])["probabilities"] for i in range(len(images))]
-    return np.concatenate(outputs), len(images) / (time.perf_counter() - start)
+    outputs = [runner(images=images[i : i + 1]) for i in range(len(images))]
+    rate = len(images) / (time.perf_counter() - start)
+    return (
+        np.concatenate([output["probabilities"] for output in outputs]),
+        np.concatenate([output["embeddings"] for output in outputs]),
+        rate,
+    )
 
 
 def export_tflite(
@@ -202,8 +218,15 @@ def export_tflite(
         )
     num_threads = num_threads or os.cpu_count() or 1
     images, labels, source = held_out.held_out_images(trained, data, max_images)
-    serve = tf.saved_model.load(saved_model_dir).signatures["serving_images"]
-    reference = serve(images=tf.constant(images))["probabilities"].numpy()
+    loaded = tf.saved_model.load(saved_model_dir)
+    reference = loaded.signatures["serving_images"](images=tf.constant(images))
+    reference = reference["probabilities"].numpy()
+    reference_embeddings = None
+    if savedmodel.EMBEDDINGS_SIGNATURE in loaded.signatures:  # exports before it have none
+        lossless = tf.constant([tf.io.encode_png(image).numpy() for image in images])
+        reference_embeddings = loaded.signatures[savedmodel.EMBEDDINGS_SIGNATURE](
+            image_bytes=lossless
+        )["embeddings"].numpy()
 
     folder = output_folder(saved_model_dir)
     flatbuffers = convert(trained, variants)
@@ -214,8 +237,12 @@ def export_tflite(
         for name, flatbuffer in flatbuffers.items():
             path = os.path.join(tmp, f"{name}.tflite")
             atomic.write_bytes(path, flatbuffer)
-            probs, rate = run_tflite(path, images, num_threads)
-            checks.append(agreement.check(name, path, probs, rate, reference, labels))
+            probs, found, rate = run_tflite(path, images, num_threads)
+            checks.append(
+                agreement.check(
+                    name, path, probs, rate, reference, labels, found, reference_embeddings
+                )
+            )
         if onnx:
             checks.append(
                 onnx_export.export_onnx(trained, tmp, images, reference, labels, num_threads)
@@ -234,7 +261,7 @@ def export_tflite(
     if verbose:
         print(
             f"Wrote {folder} (input: uint8 [batch, {trained.image_size}, "
-            f"{trained.image_size}, 3] RGB; output: probabilities)",
+            f"{trained.image_size}, 3] RGB; outputs: probabilities, embeddings)",
             file=sys.stderr,
         )
         print(report.table(), file=sys.stderr)
