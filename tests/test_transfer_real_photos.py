@@ -1,7 +1,7 @@
 """Fine-tuning a pretrained backbone works: real photos, ImageNet weights vs random weights.
 
 Uses ../shared/data/vn_landmarks (skips when absent) with a shortened version of
-configs/vietnam_landmarks_lite0.cfg: 160 px, 2 frozen epochs + 1 fine-tuning epoch,
+configs/vietnam_landmarks_lite0.cfg: 128 px, 2 frozen epochs + 1 fine-tuning epoch,
 no MixUp.
 """
 
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow
 # MixUp is off: these 3-epoch runs check that transfer works, not the full recipe; with
 # MixUp on, one of three runs of this file failed.
 SHORT = [
-    "--image_size=160",
+    "--image_size=128",
     "--epochs_frozen=2",
     "--epochs_finetune=1",
     "--mixing=none",

@@ -289,7 +289,7 @@ def export_saved_model(
         serving.write_warmup_file(extra, name, trained.image_size)
         metadata = {
             "model_dir": os.path.abspath(model_dir),
-            "fingerprint": embeddings.fingerprint(model_dir),
+            "fingerprint": _fingerprint(model_dir),
             "backbone": trained.config.model.backbone,
             "head": trained.config.model.head,
             "loss": trained.config.model.loss,
@@ -328,6 +328,16 @@ def export_saved_model(
             file=sys.stderr,
         )
     return path
+
+
+def _fingerprint(model_dir: str) -> str:
+    """The model's fingerprint (lmrec.embeddings); "" for a model handed to the export
+    without its weights file and config.json in model_dir (a knn or hybrid export
+    needs them: its gallery is checked against the fingerprint when loaded)."""
+    try:
+        return embeddings.fingerprint(model_dir)
+    except UserError:
+        return ""
 
 
 def read_metadata(saved_model_dir: str) -> dict:
