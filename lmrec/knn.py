@@ -374,19 +374,23 @@ def knn_probabilities(knn: KnnResult):
 
 @_numpy_when_eager
 def hybrid(softmax_probabilities, knn_probabilities, knn_weight: float = DEFAULT_KNN_WEIGHT):
-    """A convex combination of kNN and softmax probabilities. Graph-safe.
+    """kNN and softmax probabilities combined over the trained classes. Graph-safe.
 
     The softmax has a column per trained class (C_trained); the gallery may hold more
     classes, added without retraining, after the trained ones (C_total >= C_trained).
-    The softmax says which trained class a photo shows *given* that it shows one; the
-    kNN votes also say how likely that is: the share of all votes that went to trained
-    classes. So
+    The kNN votes say how likely a photo shows a trained class at all (trained_share,
+    their share of all votes), an added one, or none (the distractors' share). The
+    softmax only knows which trained class it is, given that it is one. So the
+    trained classes share trained_share, split by a convex combination of the two,
+    and the added classes keep their kNN probabilities:
 
-        hybrid = knn_weight * knn + (1 - knn_weight) * [softmax * trained_share, 0...]
+        trained columns: knn_weight * knn + (1 - knn_weight) * softmax * trained_share
+        added columns:   knn
 
-    with zeros for the added classes. With only trained classes and no distractors in
-    the gallery, trained_share is 1 and this is the plain convex combination; a photo
-    of an added landmark, or of no landmark, is not outvoted by a confident softmax.
+    Rows sum to the landmark share of the votes, like knn_probabilities. With only
+    trained classes and no distractors in the gallery, trained_share is 1 and this is
+    the plain convex combination; a photo of an added landmark, or of no landmark, is
+    not outvoted by a confident softmax.
 
     Args:
       softmax_probabilities: [Q, C_trained].
@@ -412,12 +416,10 @@ def hybrid(softmax_probabilities, knn_probabilities, knn_weight: float = DEFAULT
             "a gallery holds every trained class first, then the added ones"
         )
     trained = tf.shape(softmax_probabilities)[1]
-    trained_share = tf.reduce_sum(knn_probabilities[:, :trained], axis=1, keepdims=True)
-    padded = tf.pad(
-        softmax_probabilities * trained_share,
-        [[0, 0], [0, tf.shape(knn_probabilities)[1] - trained]],
-    )
-    return knn_weight * knn_probabilities + (1.0 - knn_weight) * padded
+    knn_trained = knn_probabilities[:, :trained]
+    trained_share = tf.reduce_sum(knn_trained, axis=1, keepdims=True)
+    combined = knn_weight * knn_trained + (1.0 - knn_weight) * softmax_probabilities * trained_share
+    return tf.concat([combined, knn_probabilities[:, trained:]], axis=1)
 
 
 @_numpy_when_eager

@@ -19,8 +19,9 @@ from lmrec.models import backbones, classifier, freezing
 pytestmark = pytest.mark.slow
 
 # keras.applications models outside BACKBONES, built too: they share _keras_application
-# with the design card's four, so three more families (depthwise, caffe-style, ConvNeXt with
-# its normalization inside) are enough; building all 40 would take many minutes on a CPU.
+# with Xception, InceptionV3, ResNet50 and EfficientNetB7, so three more families
+# (depthwise, caffe-style, ConvNeXt with its normalization inside) are enough; building
+# all 40 would take many minutes on a CPU.
 # test_every_keras_application_is_a_backbone_with_keras_own_sizes covers every name.
 KERAS_APPLICATIONS_SAMPLE = ["convnexttiny", "mobilenetv2", "vgg16"]
 

@@ -192,8 +192,8 @@ def test_hybrid_pads_added_classes_and_trusts_knn_on_them():
     knn_probabilities = np.array([[0.05, 0.0, 0.95]], np.float32)  # kNN: added class 2
     result = knn.hybrid(softmax, knn_probabilities, 0.5)
     assert result.shape == (1, 3) and int(np.argmax(result)) == 2
-    np.testing.assert_allclose(result, [[0.5 * 0.05 + 0.5 * 0.95 * 0.05, 0.5 * 0.05 * 0.05, 0.475]])
-    assert result.sum() <= 1.0 + 1e-6
+    np.testing.assert_allclose(result, [[0.5 * 0.05 + 0.5 * 0.95 * 0.05, 0.5 * 0.05 * 0.05, 0.95]])
+    np.testing.assert_allclose(result.sum(), knn_probabilities.sum(), rtol=1e-6)
     with pytest.raises(UserError, match="trained on 2"):
         knn.hybrid(softmax, knn_probabilities[:, :1], 0.5)
     with pytest.raises(UserError, match=r"\[0, 1\]"):
