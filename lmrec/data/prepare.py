@@ -16,7 +16,6 @@ import json
 import os
 import random
 import shutil
-import sys
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from lmrec import atomic, plots, run_lock
+from lmrec import atomic, console, plots, run_lock
 from lmrec.config import PrepareConfig
 from lmrec.data import records, shards
 from lmrec.data.sources import Source, SourceItem, get_source
@@ -395,7 +394,7 @@ def _link_or_copy(src: str, dst: str) -> None:
 
 def _log(verbose: bool, message: str) -> None:
     if verbose:
-        print(message, file=sys.stderr)
+        console.say(message)
 
 
 def _summarize(verbose: bool, data_dir: str, stats: dict[str, Any]) -> None:
