@@ -37,8 +37,9 @@ EMBEDDING_LAYER = "embedding"
 _HASH_BLOCK = 1 << 20
 
 
-def embedding_model(model: keras.Model) -> keras.Model:
-    """normalized image [B, S, S, 3] -> L2-normalized embedding float32 [B, D].
+def probabilities_and_embeddings_model(model: keras.Model) -> keras.Model:
+    """normalized image [B, S, S, 3] -> [softmax probabilities, L2-normalized embedding
+    float32 [B, D]], in one forward pass.
 
     Built from the classifier's own layer objects, so it shares their weights and
     follows any weights loaded later. The backbone runs in inference mode (BatchNorm
@@ -60,9 +61,18 @@ def embedding_model(model: keras.Model) -> keras.Model:
         ) from error
     features = keras.Model(head.input, feature, name="head_features")
     inputs = keras.Input(tuple(model.input.shape[1:]), name="image")
-    x = features(model.backbone(inputs, training=False))
-    outputs = keras.layers.UnitNormalization(axis=-1, dtype="float32", name=EMBEDDING_LAYER)(x)
-    return keras.Model(inputs, outputs, name=f"{model.name}_embedding")
+    feature_map = model.backbone(inputs, training=False)
+    embedding = keras.layers.UnitNormalization(axis=-1, dtype="float32", name=EMBEDDING_LAYER)(
+        features(feature_map)
+    )
+    return keras.Model(inputs, [head(feature_map), embedding], name=f"{model.name}_recognizer")
+
+
+def embedding_model(model: keras.Model) -> keras.Model:
+    """normalized image [B, S, S, 3] -> L2-normalized embedding float32 [B, D]: the second
+    output of probabilities_and_embeddings_model (same layers, same weights)."""
+    joint = probabilities_and_embeddings_model(model)
+    return keras.Model(joint.inputs, joint.outputs[1], name=f"{model.name}_embedding")
 
 
 def _embedder(trained: run_files.TrainedModel):

@@ -19,7 +19,6 @@ import json
 import os
 from dataclasses import dataclass
 
-import keras
 import numpy as np
 import tensorflow as tf
 
@@ -125,25 +124,6 @@ def resolve(
     )
 
 
-def probabilities_and_embeddings_model(model: keras.Model) -> keras.Model:
-    """normalized image -> [softmax probabilities, L2-normalized embedding]: one pass.
-
-    Built from the classifier's own layers (shared weights), like
-    embeddings.embedding_model.
-    """
-    head = model.head
-    features = keras.Model(
-        head.input, head.get_layer(embeddings.FEATURE_LAYER).input, name="head_features"
-    )
-    inputs = keras.Input(tuple(model.input.shape[1:]), name="image")
-    feature_map = model.backbone(inputs, training=False)
-    probabilities = head(feature_map)
-    embedding = keras.layers.UnitNormalization(
-        axis=-1, dtype="float32", name=embeddings.EMBEDDING_LAYER
-    )(features(feature_map))
-    return keras.Model(inputs, [probabilities, embedding], name=f"{model.name}_recognizer")
-
-
 @dataclass
 class Answer:
     """A batch's answer: probabilities [Q, C] over class_names, open-set scores [Q]
@@ -175,7 +155,7 @@ class Recognizer:
         self._gallery_embeddings = None
         if self.gallery is not None:
             self._prepare_gallery()
-        model = probabilities_and_embeddings_model(trained.model)
+        model = embeddings.probabilities_and_embeddings_model(trained.model)
         preprocess = trained.preprocess
         size = trained.image_size
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import tensorflow as tf
 
-from lmrec import recognizer
+from lmrec import embeddings
 
 
 @dataclass
@@ -76,12 +76,12 @@ class TfliteReport:
 
 def probabilities_function(trained, with_embeddings: bool = True) -> Callable:
     """uint8 [batch, S, S, 3] -> {"probabilities", "embeddings"}: the serving graph without
-    decode/resize, in one forward pass (recognizer.probabilities_and_embeddings_model).
+    decode/resize, in one forward pass (embeddings.probabilities_and_embeddings_model).
 
     The embeddings (float32 [batch, D], L2-normalized) are what serving_embeddings
     returns; with_embeddings=False leaves them out (the ONNX file).
     """
-    model = recognizer.probabilities_and_embeddings_model(trained.model)
+    model = embeddings.probabilities_and_embeddings_model(trained.model)
     preprocess = trained.preprocess
 
     def probabilities(images: tf.Tensor) -> dict[str, tf.Tensor]:

@@ -154,7 +154,7 @@ def recognizer_functions(
 ):
     """Returns (from_bytes, from_uint8, embeddings_from_bytes) answering as rec does.
 
-    One forward pass (recognizer.probabilities_and_embeddings_model) gives the softmax
+    One forward pass (embeddings.probabilities_and_embeddings_model) gives the softmax
     and the embedding; with a gallery, the kNN search and votes run in the graph
     (Recognizer.answer_tf) on gallery = (embeddings [N, D], vote labels [N]), which the
     export passes as variables. embeddings_from_bytes decodes exactly as from_bytes
@@ -162,7 +162,7 @@ def recognizer_functions(
     not ok gets a zero embedding.
     """
     trained = rec.trained
-    model = recognizer.probabilities_and_embeddings_model(trained.model)
+    model = embeddings.probabilities_and_embeddings_model(trained.model)
     preprocess = trained.preprocess
     gallery = gallery if rec.gallery is not None else (None, None)
 
