@@ -28,6 +28,8 @@ from lmrec.errors import UserError
 
 OPEN_SET_FILE = "open_set.json"
 DEFAULT_SCORE = "top_probability"
+# Galleries up to this size are searched in float32 (cast once); bigger ones stay float16.
+FLOAT32_GALLERY_BYTES = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -188,7 +190,12 @@ class Recognizer:
                 column[index] = len(self.class_names) - 1
         lookup = np.array([column[i] for i in range(len(names))], np.int32)
         self._vote_labels = lookup[self.gallery.label_ids]
-        self._gallery_embeddings = tf.constant(self.gallery.embeddings)
+        stored = self.gallery.embeddings
+        # search_tf casts float16 blocks to float32 on every call; a gallery that fits
+        # FLOAT32_GALLERY_BYTES is cast once here instead (the same values, exactly).
+        if stored.size * 4 <= FLOAT32_GALLERY_BYTES:
+            stored = stored.astype(np.float32)
+        self._gallery_embeddings = tf.constant(stored)
 
     @property
     def vote_labels(self) -> np.ndarray | None:
