@@ -32,7 +32,6 @@ import dataclasses
 import io
 import math
 import os
-import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,6 +44,7 @@ from lmrec import (
     cli,
     config,
     console,
+    embeddings,
     gallery,
     gradcam,
     knn,
@@ -329,15 +329,14 @@ def _evaluate(
     report.write(os.path.join(report_dir, REPORT_HTML), summary, figures, name, neighbours)
     _to_tensorboard(os.path.join(model_dir, "logs", "evaluate"), figures, summary)
     if verbose:
-        print(
+        console.say(
             f"Evaluated {summary['num_images']} images from {source.description}: accuracy "
             f"{summary['accuracy']:.3f}, top-5 {summary['top5_accuracy']:.3f}, macro-F1 "
             f"{summary['macro_f1']:.3f}, GAP {summary['gap']:.3f}, ECE {summary['ece']:.3f}. "
-            f"Report: {os.path.join(report_dir, REPORT_HTML)}",
-            file=sys.stderr,
+            f"Report: {os.path.join(report_dir, REPORT_HTML)}"
         )
         for entry in source.skipped[:10]:
-            print(f"  skipped {entry}", file=sys.stderr)
+            console.say(f"  skipped {entry}")
     return EvaluationResult(metrics=summary, report_dir=report_dir)
 
 
@@ -441,6 +440,7 @@ def choose_open_set(
         knn_power=settings.knn_power,
         knn_weight=settings.knn_weight,
         gallery_fingerprint=the_gallery.fingerprint if uses_gallery and the_gallery else "",
+        model_fingerprint=_fingerprint_or_empty(rec.trained.model_dir),
         measured={
             "data": description,
             "landmarks": int(landmark.sum()),
@@ -449,6 +449,13 @@ def choose_open_set(
             "scores": measured,
         },
     )
+
+
+def _fingerprint_or_empty(model_dir: str) -> str:
+    try:
+        return embeddings.fingerprint(model_dir)
+    except UserError:  # a model handed in without its run files
+        return ""
 
 
 def _choice_table(choice: recognizer.OpenSetChoice) -> str:

@@ -20,7 +20,6 @@ them for arrays; overlay() blends a heatmap onto a photo.
 from __future__ import annotations
 
 import os
-import sys
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -31,7 +30,7 @@ import tensorflow as tf
 from absl import flags
 from tqdm import tqdm
 
-from lmrec import cli, config, photo_archive, plots, run_files
+from lmrec import cli, config, console, photo_archive, plots, run_files
 from lmrec.data import pipeline
 from lmrec.errors import UserError
 
@@ -371,13 +370,12 @@ def explain_photos(
         grid = os.path.join(output_dir, "grid.png")
         plots.explanation_grid_png([_panels(e) for e in explanations[:GRID_MAX_PHOTOS]], grid)
     if verbose:
-        print(
+        console.say(
             f"Grad-CAM for {len(explanations)} photo(s) in {output_dir}/ (grid.png and one PNG "
-            f"per photo); {len(failures)} skipped.",
-            file=sys.stderr,
+            f"per photo); {len(failures)} skipped."
         )
         for entry in failures[:10]:
-            print(f"  skipped {entry['file']}: {entry['reason']}", file=sys.stderr)
+            console.say(f"  skipped {entry['file']}: {entry['reason']}")
     return GradcamResult(explanations, files, grid, failures)
 
 

@@ -22,14 +22,12 @@ from dataclasses import dataclass
 import numpy as np
 import tensorflow as tf
 
-from lmrec import atomic, embeddings, gallery, knn, run_files
+from lmrec import atomic, console, embeddings, gallery, knn, run_files
 from lmrec.config import ClassifierConfig
 from lmrec.errors import UserError
 
 OPEN_SET_FILE = "open_set.json"
 DEFAULT_SCORE = "top_probability"
-# Galleries up to this size are searched in float32 (cast once); bigger ones stay float16.
-FLOAT32_GALLERY_BYTES = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -41,6 +39,8 @@ class OpenSetChoice:
       score: the OPEN_SET_SCORES kind; a photo scoring below threshold is "no landmark".
       threshold: the value chosen on validation data (knn.choose_threshold).
       gallery_fingerprint: the model's fingerprint when the gallery was used ("" for softmax).
+      model_fingerprint: the weights the threshold was chosen with (lmrec.embeddings
+        fingerprint): a threshold does not carry over to retrained weights.
       measured: what the threshold did on the data it was chosen on.
     """
 
@@ -51,6 +51,7 @@ class OpenSetChoice:
     knn_power: float = knn.DEFAULT_POWER
     knn_weight: float = knn.DEFAULT_KNN_WEIGHT
     gallery_fingerprint: str = ""
+    model_fingerprint: str = ""
     measured: dict = dataclasses.field(default_factory=dict)
 
 
@@ -64,6 +65,26 @@ def read_choice(model_dir: str) -> OpenSetChoice | None:
             return OpenSetChoice(**json.load(f))
     except (OSError, ValueError, TypeError) as error:
         raise UserError(f"{path} is unreadable ({error}); choose the threshold again") from None
+
+
+def _current(choice: OpenSetChoice | None, model_dir: str) -> OpenSetChoice | None:
+    """The stored choice, or None (with a warning) when other weights than model_dir's made it."""
+    if choice is None or not choice.model_fingerprint:
+        return choice
+    try:
+        current = embeddings.fingerprint(model_dir)
+    except UserError:  # no run files to compare with
+        return choice
+    if current == choice.model_fingerprint:
+        return choice
+    console.warn(
+        f"{os.path.join(model_dir, OPEN_SET_FILE)} was chosen with other weights than those "
+        f"now in {model_dir} (fingerprint {choice.model_fingerprint[:12]}, now {current[:12]}); "
+        "its threshold is not used. Choose it again: python -m lmrec.evaluate "
+        f"--model_dir={model_dir} --classifier={choice.classifier} --choose_threshold "
+        "--distractors=<a folder of photos of no landmark>"
+    )
+    return None
 
 
 def write_choice(model_dir: str, choice: OpenSetChoice) -> str:
@@ -104,7 +125,7 @@ def resolve(
     --reject_threshold. An explicit reject_threshold overrides either.
     """
     knn.CLASSIFIERS.get(config.classifier)
-    stored = read_choice(model_dir)
+    stored = _current(read_choice(model_dir), model_dir)
     score = config.open_set_score or DEFAULT_SCORE
     threshold = stored_reject_threshold if score == DEFAULT_SCORE else 0.0
     if (
@@ -190,12 +211,9 @@ class Recognizer:
                 column[index] = len(self.class_names) - 1
         lookup = np.array([column[i] for i in range(len(names))], np.int32)
         self._vote_labels = lookup[self.gallery.label_ids]
-        stored = self.gallery.embeddings
-        # search_tf casts float16 blocks to float32 on every call; a gallery that fits
-        # FLOAT32_GALLERY_BYTES is cast once here instead (the same values, exactly).
-        if stored.size * 4 <= FLOAT32_GALLERY_BYTES:
-            stored = stored.astype(np.float32)
-        self._gallery_embeddings = tf.constant(stored)
+        # Kept in float16 (2 bytes x D x N): search_tf casts it a few MiB at a time, in
+        # cache, about as fast as a float32 copy would be searched.
+        self._gallery_embeddings = tf.constant(self.gallery.embeddings)
 
     @property
     def vote_labels(self) -> np.ndarray | None:

@@ -30,7 +30,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 
-from lmrec import atomic
+from lmrec import atomic, console
 from lmrec.errors import UserError
 
 try:
@@ -142,10 +142,7 @@ def _lock(path: str, what: str, hint: str) -> int | None:
         if error.errno not in (errno.ENOLCK, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS):
             raise
         # Some network filesystems have no locks: the run goes on, as it would without them.
-        print(
-            f"Cannot lock {path} ({error.strerror}): concurrent runs are not detected.",
-            file=sys.stderr,
-        )
+        console.warn(f"Cannot lock {path} ({error.strerror}): concurrent runs are not detected.")
         return None
     with contextlib.suppress(OSError):  # a read-only lock file still locks
         os.ftruncate(fd, 0)
@@ -263,10 +260,7 @@ def _report(verbose: bool, where: str, removed: list[str]) -> None:
         shown = ", ".join(removed[:5]) + (
             f" and {len(removed) - 5} more" if len(removed) > 5 else ""
         )
-        print(
-            f"Removed {len(removed)} leftovers of an interrupted run in {where}: {shown}",
-            file=sys.stderr,
-        )
+        console.say(f"Removed {len(removed)} leftovers of an interrupted run in {where}: {shown}")
 
 
 @contextlib.contextmanager

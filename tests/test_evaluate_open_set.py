@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lmrec import evaluate, gallery, knn, recognizer, report
+from lmrec import embeddings, evaluate, gallery, knn, recognizer, report
 from lmrec.config import ClassifierConfig
 from lmrec.data.sources import demo
 from lmrec.errors import UserError
@@ -155,6 +155,7 @@ def test_choose_threshold_stores_the_best_score_and_later_runs_use_it(model_dir,
     choice = recognizer.read_choice(model_dir)
     assert choice.classifier == "hybrid"
     assert choice.gallery_fingerprint in ("", gallery.load(model_dir).fingerprint)
+    assert choice.model_fingerprint == embeddings.fingerprint(model_dir)
     scores = choice.measured["scores"]
     assert set(scores) == set(knn.OPEN_SET_SCORES.names())
     best = max(entry["distractors_rejected"] for entry in scores.values())

@@ -114,7 +114,9 @@ def test_a_killed_build_resumes_from_its_finished_chunks(
     resumed, whole = gallery.load(model_dir), gallery.load(built)
     assert resumed.photo_ids == whole.photo_ids
     np.testing.assert_array_equal(resumed.label_ids, whole.label_ids)
-    np.testing.assert_array_equal(resumed.embeddings, whole.embeddings)
+    # Batches after the skipped photos are grouped differently, which can move a float32
+    # sum by an ulp and so its float16 rounding.
+    np.testing.assert_allclose(resumed.embeddings, whole.embeddings, atol=1e-3)
 
 
 def test_add_a_landmark_from_a_folder_with_a_corrupt_photo(model_dir, tmp_path):
@@ -215,6 +217,37 @@ def test_a_gallery_of_other_weights_is_refused_naming_both(model_dir, demo_recor
     with pytest.raises(UserError, match=new):
         gallery.add(model_dir, "X", _photos(tmp_path / "x", 1), verbose=False)
     assert gallery.list_labels(model_dir)  # listing needs no matching weights
+
+
+def test_a_rebuild_by_retrained_weights_carries_the_added_photos(model_dir, demo_records, tmp_path):
+    added = _photos(tmp_path / "added", 3)
+    gallery.add(model_dir, "Tháp Nhạn", added, verbose=False)
+    street = _photos(tmp_path / "street", 2, first_seed=300)
+    gallery.add(model_dir, "", street, distractors=True, verbose=False)
+    trained_name = gallery.list_labels(model_dir)[1]["name"]
+    more = _photos(tmp_path / "more", 1, first_seed=400)
+    gallery.add(model_dir, trained_name, more, verbose=False)
+    os.remove(added[2])
+    other = write_model_dir(str(tmp_path / "other"), demo_records, seed=7)
+    shutil.copyfile(
+        os.path.join(other, run_files.BEST_WEIGHTS), os.path.join(model_dir, run_files.BEST_WEIGHTS)
+    )
+    result = gallery.build(model_dir, chunk_size=CHUNK, verbose=False)
+    assert result.carried_photos == 5
+    assert [entry["file"] for entry in result.skipped] == [added[2]]
+    listed = {entry["name"]: entry for entry in gallery.list_labels(model_dir)}
+    assert listed["Tháp Nhạn"] == {"name": "Tháp Nhạn", "count": 2, "origin": "added"}
+    assert listed[gallery.DISTRACTOR_LABEL]["count"] == 2
+    assert listed[trained_name]["origin"] == "trained"
+    found = gallery.load(model_dir)  # the new fingerprint
+    assert found.fingerprint == embeddings.fingerprint(model_dir)
+    direct = embeddings.embed(model_dir, added[:2] + street + more, verbose=False)
+    by_id = dict(zip(found.photo_ids, found.embeddings, strict=True))
+    for path, vector in zip(direct.ids, direct.embeddings, strict=True):
+        np.testing.assert_allclose(by_id[path], vector, atol=2e-3)
+    label_of = dict(zip(found.photo_ids, found.label_ids, strict=True))
+    assert found.labels[label_of[more[0]]].name == trained_name
+    assert result.photos == len(found.photo_ids) == sum(e["count"] for e in listed.values())
 
 
 def test_no_gallery_says_how_to_build_one(tmp_path, demo_records):

@@ -3,6 +3,9 @@ predict and the export, and the open-set choice stored with a model."""
 
 from __future__ import annotations
 
+import dataclasses
+import os
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -98,6 +101,26 @@ def test_the_stored_choice_is_used_when_its_classifier_is_asked_for(model_dir, t
         assert (other.score, other.threshold) == ("margin", 0.0)
     finally:
         recognizer.write_choice(model_dir, choice)  # same content; other tests do not read it
+
+
+def test_a_choice_made_with_other_weights_is_not_used(model_dir, capsys):
+    config = ClassifierConfig(classifier="knn")
+    before = recognizer.read_choice(model_dir)
+    current = embeddings.fingerprint(model_dir)
+    try:
+        same = recognizer.OpenSetChoice("knn", "vote_share", 0.4, model_fingerprint=current)
+        recognizer.write_choice(model_dir, same)
+        assert recognizer.resolve(model_dir, config).threshold == 0.4
+        stale = dataclasses.replace(same, model_fingerprint="0" * 64)
+        recognizer.write_choice(model_dir, stale)
+        settings = recognizer.resolve(model_dir, config)
+        assert (settings.score, settings.threshold) == ("top_probability", 0.0)
+        assert "chosen with other weights" in capsys.readouterr().err
+    finally:
+        if before is None:
+            os.remove(os.path.join(model_dir, recognizer.OPEN_SET_FILE))
+        else:
+            recognizer.write_choice(model_dir, before)
 
 
 def test_unknown_classifier_or_score_names_the_flag(model_dir):

@@ -38,7 +38,6 @@ import http.client
 import json
 import os
 import re
-import sys
 import tarfile
 import threading
 import urllib.error
@@ -50,7 +49,7 @@ from typing import BinaryIO
 
 from tqdm import tqdm
 
-from lmrec import atomic
+from lmrec import atomic, console
 from lmrec.config import PrepareConfig
 from lmrec.data import sources
 from lmrec.data.sources import gldv2
@@ -603,7 +602,7 @@ def download_gldv2(
     os.makedirs(options.gldv2_dir, exist_ok=True)
     warnings = [w for w in [_plain_http_warning(options.gldv2_url)] if w is not None]
     for warning in warnings:
-        print(f"warning: {warning}", file=sys.stderr, flush=True)
+        console.warn(warning)
 
     csvs = official_files(options.gldv2_url, [], [listed.file, LABEL_CSV])
     csv_summary = download(csvs, options.gldv2_dir, options.download_jobs, verbose=verbose)

@@ -49,12 +49,11 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
 import keras
 import tensorflow as tf
 
-from lmrec import atomic, embeddings, recognizer, run_files, serving
+from lmrec import atomic, console, embeddings, recognizer, run_files, serving
 from lmrec.config import ClassifierConfig, ExportConfig
 from lmrec.data import pipeline, records
 from lmrec.errors import UserError
@@ -318,14 +317,13 @@ def export_saved_model(
             else ""
         )
         gallery_size = metadata["gallery_size"]
-        print(
+        console.say(
             f"Exported SavedModel {path} with --classifier={settings.classifier}"
             + (f" over a gallery of {gallery_size} photos" if gallery_size else "")
             + f" (serving_default: image_bytes -> ok, classes, scores, probabilities{open_set}"
             f" over {len(rec.class_names)} classes, at most {max_megapixels:g} megapixels "
             f"decoded per image; serving_images: uint8 images; {EMBEDDINGS_SIGNATURE}: "
-            f"image_bytes -> embeddings, ok; warm-up requests in {EXTRA_DIR}/).",
-            file=sys.stderr,
+            f"image_bytes -> embeddings, ok; warm-up requests in {EXTRA_DIR}/)."
         )
     return path
 

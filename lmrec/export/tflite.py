@@ -28,7 +28,6 @@ decode to the same pixels), file size and images/s.
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -37,7 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 import tensorflow as tf
 
-from lmrec import atomic, run_files
+from lmrec import atomic, console, run_files
 from lmrec.data import held_out
 from lmrec.errors import UserError
 from lmrec.export import agreement, savedmodel
@@ -259,10 +258,9 @@ def export_tflite(
         )
         atomic.write_json(os.path.join(tmp, REPORT_FILE), report.to_dict())
     if verbose:
-        print(
+        console.say(
             f"Wrote {folder} (input: uint8 [batch, {trained.image_size}, "
-            f"{trained.image_size}, 3] RGB; outputs: probabilities, embeddings)",
-            file=sys.stderr,
+            f"{trained.image_size}, 3] RGB; outputs: probabilities, embeddings)"
         )
-        print(report.table(), file=sys.stderr)
+        console.say(report.table())
     return report

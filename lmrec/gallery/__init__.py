@@ -67,6 +67,7 @@ class BuildResult:
     labels: int
     resumed_photos: int = 0  # photos a killed build had embedded already
     skipped: list[dict] = field(default_factory=list)  # unreadable photos, unknown classes
+    carried_photos: int = 0  # photos added to the replaced gallery, embedded again
 
 
 @dataclass
@@ -239,8 +240,10 @@ def build(
     """Embeds the photos a model was trained on into <model_dir>/gallery/ (labels "trained").
 
     A killed build started again resumes from its finished chunks (same model and
-    data); a finished build replaces the gallery whole, so labels added to the old
-    gallery are dropped (and named).
+    data); a finished build replaces the gallery whole. The photos `add` put into the
+    old gallery (new landmarks, more photos of known ones, distractors) are carried
+    over: embedded again from their files by this model, so a retrained model keeps
+    its added landmarks; those no longer readable are listed in skipped.
 
     Args:
       model_dir: a trained lmrec model_dir.
@@ -294,14 +297,21 @@ def build(
             if counts[i]
         ]
         index["next_label_id"] = len(trained.class_names)
-        _warn_dropped(model_dir)
+        carried = _embed_carried(trained, _photos_to_carry(model_dir), batch_size, verbose)
         with atomic.new_directory(directory, overwrite=True) as tmp:
             for name in chunks:
                 atomic.link_or_copy(store.segment_path(work, name), store.segment_path(tmp, name))
+            _add_carried(tmp, index, carried, trained.class_names)
             store.write_index(tmp, index)
         shutil.rmtree(work, ignore_errors=True)
+    photos = sum(entry["count"] for entry in index["labels"])
     result = BuildResult(
-        directory, int(counts.sum()), len(index["labels"]), resumed, list(source.skipped)
+        directory,
+        photos,
+        len(index["labels"]),
+        resumed,
+        list(source.skipped) + carried.failures,
+        carried_photos=len(carried.found.ids),
     )
     if verbose:
         console.say(
@@ -311,18 +321,84 @@ def build(
     return result
 
 
-def _warn_dropped(model_dir: str) -> None:
-    """Names the labels a rebuild drops: those added to the gallery it replaces."""
+@dataclass
+class _Carried:
+    """The photos added to the gallery a build replaces, embedded again by the new model."""
+
+    labels: dict[str, tuple[str, str]]  # photo path -> (label name, label origin)
+    found: embeddings.Embedded
+    failures: list[dict] = field(default_factory=list)  # {"file", "reason"}: not carried
+
+
+def _photos_to_carry(model_dir: str) -> dict[str, tuple[str, str]]:
+    """{photo path: (label name, origin)} of the photos `gallery add` put into the gallery
+    a build replaces: the rows whose photo id is an absolute path (built rows have record
+    ids or paths relative to the folder they were built from)."""
+    directory = store.gallery_dir(model_dir)
     try:
-        old = store.read_index(store.gallery_dir(model_dir))
+        index, segments = store.read_gallery(directory)
     except (FileNotFoundError, UserError):
-        return
-    dropped = [e["name"] for e in old["labels"] if e["origin"] != "trained"]
-    if dropped:
-        console.warn(
-            f"The rebuilt gallery drops the labels added to the old one: {', '.join(dropped)}; "
-            "add them again with python -m lmrec.gallery add"
+        return {}
+    names = {entry["id"]: (entry["name"], entry["origin"]) for entry in index["labels"]}
+    carried: dict[str, tuple[str, str]] = {}
+    for segment in segments:
+        for photo_id, label_id in zip(segment.photo_ids, segment.label_ids, strict=True):
+            if os.path.isabs(photo_id) and int(label_id) in names:
+                carried.setdefault(photo_id, names[int(label_id)])
+    return carried
+
+
+def _embed_carried(trained, labels: dict, batch_size: int, verbose: bool) -> _Carried:
+    """Embeds the carried photos again from their files; unreadable ones become failures."""
+    if not labels:
+        return _Carried({}, embeddings.embed_paths(trained, [], batch_size, False))
+    if verbose:
+        added = sorted({name for name, _ in labels.values()})
+        console.say(
+            f"Embedding again the {len(labels)} photos added to the old gallery "
+            f"({', '.join(added)})"
         )
+    found = embeddings.embed_paths(trained, list(labels), batch_size, verbose)
+    failures = [
+        {"file": entry["file"], "reason": f"added to the old gallery, now unreadable: "
+         f"{entry['reason']}"}
+        for entry in found.failures
+    ]  # fmt: skip
+    for entry in failures:
+        console.warn(f"not carried over: {entry['file']}: {entry['reason']}")
+    return _Carried(labels, found, failures)
+
+
+def _add_carried(directory: str, index: dict, carried: _Carried, class_names: list[str]) -> None:
+    """Writes the carried photos as segments of the new gallery, under their labels: a name
+    the new model was trained on joins that class, distractors stay distractors, any other
+    name is an added landmark."""
+    by_label: dict[tuple[str, str], list[int]] = {}
+    for row, path in enumerate(carried.found.ids):
+        name, origin = carried.labels[path]
+        if origin == "distractor":
+            key = (DISTRACTOR_LABEL, "distractor")
+        else:
+            key = (name, "trained" if name in class_names else "added")
+        by_label.setdefault(key, []).append(row)
+    for (name, origin), rows in by_label.items():
+        entry = _find_label(index, name)
+        if entry is None:
+            label_id = class_names.index(name) if origin == "trained" else index["next_label_id"]
+            entry = {"id": label_id, "name": name, "origin": origin, "count": 0}
+            if origin != "trained":
+                index["next_label_id"] += 1
+            index["labels"].append(entry)
+        segment = store.write_segment(
+            directory,
+            store.new_segment_name(index, "distractor" if origin == "distractor" else "added"),
+            carried.found.embeddings[rows],
+            np.full(len(rows), entry["id"], np.int32),
+            [carried.found.ids[row] for row in rows],
+        )
+        index["segments"].append(segment)
+        entry["count"] += len(rows)
+    index["labels"].sort(key=lambda entry: entry["id"])
 
 
 # add, remove

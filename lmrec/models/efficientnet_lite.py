@@ -17,14 +17,13 @@ from __future__ import annotations
 import importlib
 import os
 import re
-import sys
 from dataclasses import dataclass
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from lmrec import atomic
+from lmrec import atomic, console
 from lmrec.errors import UserError
 from lmrec.models import torch_checkpoint, weights_files
 
@@ -158,7 +157,7 @@ def load_imagenet_weights(model: keras.Model, name: str, include_top: bool) -> s
             model.load_weights(cached)
             return cached
         except Exception as error:  # noqa: BLE001 - a damaged cache is rebuilt, not fatal.
-            print(f"Rebuilding unreadable weights cache {cached} ({error})", file=sys.stderr)
+            console.warn(f"Rebuilding unreadable weights cache {cached} ({error})")
     assign_state_dict(model, torch_checkpoint.read_state_dict(checkpoint), include_top, checkpoint)
     with atomic.replacing(cached) as tmp:
         model.save_weights(tmp)
