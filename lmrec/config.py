@@ -22,7 +22,8 @@ from typing import Any
 
 from absl import flags as absl_flags
 
-from lmrec import knn, settings
+from lmrec import geo_prior as geo_priors
+from lmrec import knn, locations, settings
 from lmrec.data import images
 from lmrec.data.sources import SOURCES
 from lmrec.settings import Shared, setting
@@ -80,6 +81,17 @@ class PrepareConfig:
         "",
         "Apache Beam pipeline options for --runner=beam, e.g. '--runner=DataflowRunner "
         "--project=P --region=R --temp_location=gs://B/tmp'.",
+    )
+    min_located_photos: int = setting(
+        locations.DEFAULT_MIN_LOCATED_PHOTOS,
+        "A class gets a location in labels.json (median and spread of its training photos' "
+        "EXIF GPS) when at least this many of them have GPS.",
+    )
+    landmark_locations: str = setting(
+        "",
+        "CSV of landmark locations for labels.json (name or landmark_id, latitude, longitude, "
+        "optional radius_m); its rows replace the locations from photos. "
+        "scripts/fetch_landmark_locations.py writes one for GLDv2.",
     )
     source_options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
@@ -449,6 +461,51 @@ class PredictConfig:
         "MiB the photos decoding at once may take together (estimated from each header); a photo "
         "whose estimate alone exceeds it fails, the others wait their turn.",
     )
+    sidecar_dir: str = setting(
+        "",
+        "With --xmp: write the sidecars under this folder, mirroring each input folder's tree "
+        "(a subfolder per input), instead of beside the photos.",
+    )
+    contact_sheet: str = setting(
+        "",
+        "Also write this HTML page (e.g. tags.html): every photo as a thumbnail, grouped by "
+        "landmark, most confident first, with 'no landmark', low-confidence, failed and ignored "
+        "sections to review; self-contained, opens from disk.",
+    )
+    review_below: float = setting(
+        0.5,
+        "On the contact sheet, tagged photos scoring below this go to the low-confidence section.",
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class GeoConfig:
+    """Where photos were taken: their GPS as evidence, and their landmark's location for
+    those without GPS (locations in labels.json: lmrec.prepare)."""
+
+    geo_prior: str = setting(
+        geo_priors.DEFAULT_MODE,
+        "A photo's own GPS (EXIF, or a location in its sidecar that lmrec did not write) "
+        "against each landmark's location: off | rule_out (landmarks farther than their "
+        "radius are ruled out; a photo far from every known landmark gets 'no landmark') | "
+        "soft (their probability falls with the distance past the radius).",
+    )
+    geo_prior_min_radius_m: float = setting(
+        geo_priors.DEFAULT_MIN_RADIUS_M,
+        "The least radius of a landmark for --geo_prior, in metres (GPS drift, landmarks "
+        "photographed from afar).",
+    )
+    geo_prior_scale_km: float = setting(
+        geo_priors.DEFAULT_SCALE_KM,
+        "For --geo_prior=soft: the probability falls by a factor e every this many km past "
+        "the radius.",
+    )
+    locate_min_score: float = setting(
+        0.5,
+        "A photo without GPS whose landmark has a known location and scores at least this "
+        "gets that location: lat/lon in the output (located_from=landmark) and, with --xmp, "
+        "GPS in its sidecar. Above 1: no location is written.",
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -634,6 +691,7 @@ EXPERIMENT_CLASSES = (*SECTIONS.values(), *SOURCE_OPTION_CLASSES)
 ALL_CONFIG_CLASSES = (
     *EXPERIMENT_CLASSES,
     PredictConfig,
+    GeoConfig,
     GradcamConfig,
     GalleryConfig,
     ClassifierConfig,

@@ -34,6 +34,7 @@ from lmrec.config import (
     EvaluateConfig,
     ExportConfig,
     GalleryConfig,
+    GeoConfig,
     GradcamConfig,
     LrFindConfig,
     PredictConfig,
@@ -81,7 +82,7 @@ STAGES: Registry[tuple[Part, ...]] = Registry(
             _MODEL_DIR, ExportConfig, ClassifierConfig, Part(EvaluateConfig, ("data",))
         ),
         "predict": _parts(
-            PredictConfig, ClassifierConfig, Part(EvaluateConfig, ("reject_threshold",))
+            PredictConfig, GeoConfig, ClassifierConfig, Part(EvaluateConfig, ("reject_threshold",))
         ),
         "gradcam": _parts(_MODEL_DIR, GradcamConfig),
         "gallery": _parts(

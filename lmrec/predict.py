@@ -21,7 +21,6 @@ import concurrent.futures
 import dataclasses
 import json
 import os
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -30,9 +29,21 @@ import tensorflow as tf
 from absl import flags
 from tqdm import tqdm
 
-from lmrec import cli, config, metrics, photo_archive, recognizer, run_files, xmp
-from lmrec.config import ClassifierConfig, PredictConfig
-from lmrec.data import images, pipeline
+from lmrec import (
+    cli,
+    config,
+    console,
+    locations,
+    metrics,
+    photo_archive,
+    photo_places,
+    recognizer,
+    run_files,
+    xmp,
+)
+from lmrec import contact_sheet as contact_sheets
+from lmrec.config import ClassifierConfig, GeoConfig, PredictConfig
+from lmrec.data import images, pipeline, records
 from lmrec.errors import UserError
 from lmrec.export import savedmodel, tflite
 from lmrec.registry import Registry
@@ -73,6 +84,13 @@ class Tagger:
     serve: Callable[..., dict]
     reject_threshold: float = 0.0  # open-set score below which a photo gets NO_LANDMARK
     engine: str = "savedmodel"
+    open_set_score: str = recognizer.DEFAULT_SCORE  # what the open-set scores are
+    labels: list[dict] = field(default_factory=list)  # labels.json entries (with locations)
+
+    def locations(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(latitude, longitude, radius_m) [C_located]: the located prefix of class_names
+        (lmrec.locations.class_arrays); NaN where a class has no location."""
+        return locations.class_arrays(self.labels)
 
     def probabilities(self, pixels: np.ndarray) -> np.ndarray:
         return self.answer(pixels)[0]
@@ -131,6 +149,8 @@ def _recognizer_tagger(model: str, classifier: ClassifierConfig | None) -> Tagge
         serve=serve,
         reject_threshold=resolved.threshold,
         engine="keras" if rec.gallery is None else f"keras {resolved.classifier}",
+        open_set_score=resolved.score,
+        labels=trained.labels,
     )
 
 
@@ -233,7 +253,17 @@ def load_tagger(
         serve=serve,
         reject_threshold=metadata.get("reject_threshold", 0.0),
         engine=f"tflite {variant}" if use_tflite else "savedmodel",
+        open_set_score=metadata.get("open_set_score", recognizer.DEFAULT_SCORE),
+        labels=_export_labels(saved_model),
     )
+
+
+def _export_labels(saved_model: str) -> list[dict]:
+    """The export's assets.extra/labels.json (with the classes' locations); [] if absent."""
+    try:
+        return records.read_labels(os.path.join(saved_model, savedmodel.EXTRA_DIR))
+    except UserError:
+        return []
 
 
 @dataclass
@@ -243,6 +273,7 @@ class PredictResult:
     ignored: list[dict[str, str]] = field(default_factory=list)  # non-images, lone RAW files
     sidecar_errors: list[dict[str, str]] = field(default_factory=list)
     output: str = ""
+    contact_sheet: str = ""  # the HTML page written, if any
     resumed: int = 0  # photos tagged by an earlier run of the same --output, not redone
     classified: int = 0  # photos this run sent through the model
 
@@ -255,12 +286,14 @@ def _prepared(
     At most `ahead` photos are decoded ahead of the consumer, so memory stays
     flat on an archive of any size while the model works on the batch before;
     limits.budget makes the threads take turns on photos that decode large.
-    Each path yields its array, or the reason it failed as a string.
+    Each path yields (its array, its EXIF GPS or None), or the reason it failed as a string.
     """
 
     def load(path):
         try:
-            return path, images.square_pixels(images.read_file(path, limits), size, path, limits)
+            data = images.read_file(path, limits)
+            pixels = images.square_pixels(data, size, path, limits)
+            return path, Decoded(pixels, locations.photo_gps(data))
         except images.BadImage as error:
             return path, str(error)
         except Exception as error:  # noqa: BLE001 - one file's failure, never the run's.
@@ -274,6 +307,14 @@ def _prepared(
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """A photo ready for the model, and where its camera put it (EXIF GPS), if anywhere."""
+
+    pixels: np.ndarray
+    gps: tuple[float, float] | None
 
 
 def _batches(items, size):
@@ -377,6 +418,10 @@ def predict(
     max_megapixels: int = images.MAX_MEGAPIXELS,
     decode_memory_mb: int = images.DECODE_MEMORY_MB,
     classifier: ClassifierConfig | None = None,
+    geo: GeoConfig | None = None,
+    sidecar_dir: str = "",
+    contact_sheet: str = "",
+    review_below: float = contact_sheets.LOW_CONFIDENCE_BELOW,
 ) -> PredictResult:
     """Tags every photo under inputs; writes CSV or JSON to output when given.
 
@@ -395,6 +440,13 @@ def predict(
     and the photos decoding at once share decode_memory_mb. A folder that cannot
     be listed is a failed row of its own.
 
+    geo (--geo_prior and --locate_min_score, lmrec.photo_places): a photo's own GPS
+    weighs the landmarks by distance, and a confident landmark with a location in
+    labels.json locates a photo that has none (in the output, and with write_xmp in
+    its sidecar, under sidecar_dir when given). contact_sheet: also write that HTML
+    page (lmrec.contact_sheet), photos scoring below review_below in its
+    low-confidence section.
+
     Returns:
       Rows, failures ({"file", "reason"}), ignored files and counts.
     """
@@ -411,14 +463,19 @@ def predict(
     labeling = Labeling(
         tagger.class_names, max(1, min(top_k, len(tagger.class_names))), threshold, min_score
     )
-    scan = photo_archive.scan(inputs)
+    if contact_sheet and not contact_sheet.lower().endswith((".html", ".htm")):
+        raise UserError(f"--contact_sheet={contact_sheet!r} must end in .html")
+    if sidecar_dir and not write_xmp:
+        raise UserError("--sidecar_dir is where --xmp writes sidecars: add --xmp")
+    places = photo_places.for_tagger(tagger, geo, threshold)
+    scan = photo_archive.scan(inputs, sidecar_dir=sidecar_dir or None)
     with TagStore(output, tagger.description, verbose=verbose) as store:
         todo = [path for path in scan.photos if not store.is_done(path)]
         result = PredictResult(
             ignored=scan.ignored, output=output, resumed=len(scan.photos) - len(todo)
         )
         if verbose and result.resumed:
-            print(f"Resuming {output}: {result.resumed} photos already tagged.", file=sys.stderr)
+            console.say(f"Resuming {output}: {result.resumed} photos already tagged.")
         progress = tqdm(
             total=len(scan.photos), initial=result.resumed, desc="predict", unit="img",
             disable=not verbose,
@@ -430,11 +487,19 @@ def predict(
                 good = [(path, data) for path, data in batch if not isinstance(data, str)]
                 if good:
                     probabilities, open_set_scores = tagger.answer(
-                        np.stack([data for _, data in good])
+                        np.stack([data.pixels for _, data in good])
+                    )
+                    own = [
+                        photo_places.own_location(data.gps, scan.sidecars.get(path))
+                        for path, data in good
+                    ]
+                    probabilities, open_set_scores, notes = places.weigh(
+                        probabilities, open_set_scores, own
                     )
                     tagged = labeling.rows(
                         [path for path, _ in good], probabilities, open_set_scores
                     )
+                    places.locate(tagged, own, notes)
                     if write_xmp:
                         _write_sidecars(tagged, scan, tagger.description, result)
                     rows += tagged
@@ -443,18 +508,34 @@ def predict(
                 progress.update(len(batch))
         except KeyboardInterrupt:
             _finish(store, scan, labeling.k, result)
-            print(
+            console.warn(
                 f"Interrupted: {output or 'nothing'} holds what was tagged; run the same command "
-                "again to go on.",
-                file=sys.stderr,
+                "again to go on."
             )
             raise
         finally:
             progress.close()
         _finish(store, scan, labeling.k, result)
+        if contact_sheet:
+            _write_contact_sheet(contact_sheet, result, tagger, review_below, verbose)
         if verbose:
             _report(result, tagger)
         return result
+
+
+def _write_contact_sheet(
+    path: str, result: PredictResult, tagger: Tagger, review_below: float, verbose: bool
+) -> None:
+    summary = contact_sheets.write_contact_sheet(
+        path,
+        [contact_sheets.SheetEntry.from_row(row) for row in result.rows],
+        failed=result.failures,
+        ignored=result.ignored,
+        description=f"{tagger.description} [{tagger.engine}]",
+        low_confidence_below=review_below,
+        verbose=verbose,
+    )
+    result.contact_sheet = summary.path
 
 
 def _finish(store: TagStore, scan: photo_archive.Scan, k: int, result: PredictResult) -> None:
@@ -488,9 +569,12 @@ def _write_sidecars(rows: list[Row], scan: photo_archive.Scan, model: str, resul
     for row in rows:
         if row.label in ("", NO_LANDMARK):
             continue
-        sidecar = scan.sidecars.get(row.file, os.path.splitext(row.file)[0] + ".xmp")
+        sidecar = scan.sidecars[row.file]
+        location = None
+        if row.located_from == xmp.LOCATED_FROM:
+            location = (row.latitude, row.longitude)
         try:
-            xmp.write_keyword(sidecar, row.label, row.score, model)
+            xmp.write_keyword(sidecar, row.label, row.score, model, location=location)
         except Exception as error:  # one sidecar's trouble is reported; the run goes on
             reason = str(error) if isinstance(error, xmp.BadSidecar | OSError) else repr(error)
             result.sidecar_errors.append({"file": sidecar, "reason": reason})
@@ -500,24 +584,22 @@ def _report(result: PredictResult, tagger: Tagger) -> None:
     counts: dict[str, int] = {}
     for row in result.rows:
         counts[row.label or "(below --min_score)"] = counts.get(row.label, 0) + 1
-    print(
+    console.say(
         f"Tagged {len(result.rows)} files with {tagger.description} [{tagger.engine}] "
         f"({result.classified} "
         f"classified now, {result.resumed} from an earlier run)"
-        + (f"; wrote {result.output}" if result.output else ""),
-        file=sys.stderr,
+        + (f"; wrote {result.output}" if result.output else "")
     )
     for label, count in sorted(counts.items(), key=lambda item: -item[1]):
-        print(f"  {count:6d}  {label}", file=sys.stderr)
+        console.say(f"  {count:6d}  {label}")
     for failure in result.failures:
-        print(f"  FAILED {failure['file']}: {failure['reason']}", file=sys.stderr)
+        console.warn(f"failed {failure['file']}: {failure['reason']}")
     for error in result.sidecar_errors:
-        print(f"  SIDECAR NOT WRITTEN {error['file']}: {error['reason']}", file=sys.stderr)
+        console.warn(f"sidecar not written {error['file']}: {error['reason']}")
     if result.ignored:
-        print(
+        console.say(
             f"  ignored {len(result.ignored)} non-image, RAW-only or missing paths"
-            + (" (listed in the output)" if result.output else ""),
-            file=sys.stderr,
+            + (" (listed in the output)" if result.output else "")
         )
     if not result.output:
         for row in result.rows:
@@ -555,6 +637,10 @@ def main(argv: list[str]) -> int:
         max_megapixels=settings.max_megapixels,
         decode_memory_mb=settings.decode_memory_mb,
         classifier=classifier,
+        geo=config.from_flags(GeoConfig, flags.FLAGS),
+        sidecar_dir=settings.sidecar_dir,
+        contact_sheet=settings.contact_sheet,
+        review_below=settings.review_below,
     )
     return exit_status(result)
 

@@ -43,6 +43,9 @@ _MAY_DIFFER = {
     "train.checkpoint_min_seconds",
     "train.tensorboard_images",
     "train.tensorboard_images_every",
+    # Only the locations in labels.json depend on these, never the classes or the pixels.
+    "prepare.min_located_photos",
+    "prepare.landmark_locations",
 }
 _MAY_DIFFER_SECTIONS = ("evaluate.", "export.")
 

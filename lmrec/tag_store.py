@@ -33,6 +33,12 @@ class Row:
     top: list[tuple[str, float]] = field(default_factory=list)
     error: str = ""
     tagged_from: str = ""  # a RAW file's twin the tags come from
+    # Where the photo is: its own GPS (located_from "photo" or "sidecar"), or its
+    # landmark's location ("landmark") when it had none; None/"" when neither.
+    latitude: float | None = None
+    longitude: float | None = None
+    located_from: str = ""
+    gps_note: str = ""  # how the photo's GPS changed the answer; "" when it did not
 
     def as_json(self) -> dict:
         payload = {"file": self.file}
@@ -46,6 +52,10 @@ class Row:
         )
         if self.tagged_from:
             payload["tagged_from"] = self.tagged_from
+        if self.located_from:
+            payload.update(lat=self.latitude, lon=self.longitude, located_from=self.located_from)
+        if self.gps_note:
+            payload["gps_note"] = self.gps_note
         return payload
 
     @classmethod
@@ -57,7 +67,15 @@ class Row:
             top=[(item["label"], float(item["score"])) for item in payload.get("top", [])],
             error=payload.get("error", ""),
             tagged_from=payload.get("tagged_from", ""),
+            latitude=_float_or_none(payload.get("lat")),
+            longitude=_float_or_none(payload.get("lon")),
+            located_from=payload.get("located_from", ""),
+            gps_note=payload.get("gps_note", ""),
         )
+
+
+def _float_or_none(value) -> float | None:
+    return None if value in (None, "") else float(value)
 
 
 def _key(path: str) -> str:
@@ -199,7 +217,17 @@ class TagStore:
         self.close()
 
 
-CSV_HEADER = ["file", "label", "score", "error", "tagged_from"]
+CSV_HEADER = [
+    "file",
+    "label",
+    "score",
+    "error",
+    "tagged_from",
+    "lat",
+    "lon",
+    "located_from",
+    "gps_note",
+]
 IGNORED_PREFIX = "ignored: "
 
 
@@ -212,12 +240,19 @@ def _csv_text(rows: list[Row], ignored: list[dict[str, str]], k: int) -> str:
     writer.writerow(header)
     for r in rows:
         if r.error:
-            writer.writerow([r.file, "", "", r.error, ""])
+            writer.writerow([r.file, "", "", r.error, "", "", "", "", ""])
             continue
         tops = [value for label, score in r.top[:k] for value in (label, f"{score:.4f}")]
-        writer.writerow([r.file, r.label, f"{r.score:.4f}", "", r.tagged_from, *tops])
+        where = (
+            [f"{r.latitude:.7f}", f"{r.longitude:.7f}", r.located_from]
+            if r.located_from
+            else ["", "", ""]
+        )
+        writer.writerow(
+            [r.file, r.label, f"{r.score:.4f}", "", r.tagged_from, *where, r.gps_note, *tops]
+        )
     for item in ignored:
-        writer.writerow([item["file"], "", "", IGNORED_PREFIX + item["reason"], ""])
+        writer.writerow([item["file"], "", "", IGNORED_PREFIX + item["reason"], "", "", "", "", ""])
     return buffer.getvalue()
 
 
@@ -236,4 +271,8 @@ def _csv_row(record: dict) -> Row:
         score=float(record["score"]),
         top=top,
         tagged_from=record.get("tagged_from", ""),
+        latitude=_float_or_none(record.get("lat")),
+        longitude=_float_or_none(record.get("lon")),
+        located_from=record.get("located_from") or "",
+        gps_note=record.get("gps_note") or "",
     )

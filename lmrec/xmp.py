@@ -1,11 +1,20 @@
-"""XMP sidecar files carrying the landmark as a keyword; the photos themselves are never touched.
+"""XMP sidecar files carrying the landmark as a keyword and, optionally, its location.
 
-Lightroom, Bridge, darktable and digiKam read dc:subject (keywords) and
-lr:hierarchicalSubject ("Landmarks|Eiffel Tower") from a sidecar. An existing
-sidecar (edits, ratings, the photographer's own keywords) is kept: lmrec adds its
-keyword and replaces only the keyword it wrote before, which it remembers in
-lmrec:label. A sidecar that lmrec cannot read or merge (not XML, a DOCTYPE, an
-unexpected shape) raises BadSidecar and is left byte for byte as it was.
+The photos themselves are never touched. The keyword goes into the three lists photo
+managers read: dc:subject (Lightroom, Bridge, darktable, digiKam, PhotoPrism, Immich),
+lr:hierarchicalSubject "Landmarks|Eiffel Tower" (Lightroom, darktable, digiKam, Immich)
+and digiKam:TagsList "Landmarks/Eiffel Tower" (digiKam; Immich reads it first). A
+location goes into exif:GPSLatitude / exif:GPSLongitude in XMP's GPSCoordinate form
+("48,51.502200N", "2,17.668860E"), with exif:GPSVersionID and exif:GPSMapDatum.
+
+An existing sidecar (edits, ratings, the photographer's own keywords and location) is
+kept: lmrec adds its keyword and replaces only the keyword it wrote before, which it
+remembers in lmrec:label. A location is written only where the sidecar has none: any
+GPS property already there (exif:GPS*, or a latitude/longitude in any namespace) is the
+photographer's and is never changed, unless lmrec:locatedFrom and lmrec:location say
+lmrec wrote it and it still holds exactly what lmrec wrote. A sidecar that lmrec cannot
+read or merge (not XML, a DOCTYPE, an unexpected shape) raises BadSidecar and is left
+byte for byte as it was.
 
 The merged sidecar is written with this module's own serializer: every namespace
 gets a named prefix from an explicit per-file map (the file's own prefix, else the
@@ -16,6 +25,7 @@ back before it replaces the old file.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import xml.etree.ElementTree as ET
@@ -29,9 +39,23 @@ NAMESPACES = {
     "rdf": "http://www.w3.org/1999/02/22-rdf-syntax-ns#",
     "dc": "http://purl.org/dc/elements/1.1/",
     "lr": "http://ns.adobe.com/lightroom/1.0/",
+    "digiKam": "http://www.digikam.org/ns/1.0/",
+    "exif": "http://ns.adobe.com/exif/1.0/",
     "lmrec": "https://github.com/lmrec/lmrec/ns/1.0/",
 }
 HIERARCHY_ROOT = "Landmarks"
+# The lists a keyword goes into: (prefix, name, container of a new list, entry for a label).
+# digiKam writes TagsList as an rdf:Seq; the others are rdf:Bags.
+KEYWORD_LISTS = (
+    ("dc", "subject", "Bag", "{}"),
+    ("lr", "hierarchicalSubject", "Bag", HIERARCHY_ROOT + "|{}"),
+    ("digiKam", "TagsList", "Seq", HIERARCHY_ROOT + "/{}"),
+)
+GPS_VERSION = "2.3.0.0"  # EXIF 2.3's GPS tags, as exiftool writes them
+GPS_MAP_DATUM = "WGS-84"
+LOCATED_FROM = "landmark"  # lmrec:locatedFrom: the location is the landmark's, not the camera's
+# A sidecar location lmrec wrote still counts as lmrec's when it reads back this close.
+_SAME_PLACE_DEGREES = 1e-6
 _PACKET_BEGIN = '<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>\n'
 _PACKET_END = '\n<?xpacket end="w"?>\n'
 _XML_NS = "http://www.w3.org/XML/1998/namespace"  # xml:lang; bound by XML itself
@@ -143,8 +167,10 @@ def _descriptions(root: ET.Element) -> list[ET.Element]:
     return found
 
 
-def _bag(descriptions: list[ET.Element], prefix: str, name: str) -> ET.Element:
-    """The rdf:Bag (or rdf:Seq) of a list property, created empty where the file has none."""
+def _bag(
+    descriptions: list[ET.Element], prefix: str, name: str, container: str = "Bag"
+) -> ET.Element:
+    """The rdf:Bag (or rdf:Seq) of a list property; a new rdf:<container> where it has none."""
     tag = _tag(prefix, name)
     if any(tag in description.attrib for description in descriptions):
         raise BadSidecar(f"its {prefix}:{name} is a single value, not a list")
@@ -153,7 +179,7 @@ def _bag(descriptions: list[ET.Element], prefix: str, name: str) -> ET.Element:
         holder = ET.SubElement(descriptions[0], tag)
     containers = list(holder)
     if not containers and not holder.attrib and not (holder.text or "").strip():
-        return ET.SubElement(holder, _tag("rdf", "Bag"))
+        return ET.SubElement(holder, _tag("rdf", container))
     if len(containers) == 1 and containers[0].tag in (_tag("rdf", "Bag"), _tag("rdf", "Seq")):
         return containers[0]
     raise BadSidecar(f"its {prefix}:{name} is not an rdf:Bag")
@@ -179,9 +205,9 @@ def _value(descriptions: list[ET.Element], tag: str) -> str | None:
     return None
 
 
-def _set_value(descriptions: list[ET.Element], name: str, value: str) -> None:
-    """Sets lmrec:name where the file has it (element or attribute), else adds an element."""
-    tag = _tag("lmrec", name)
+def _set_value(descriptions: list[ET.Element], prefix: str, name: str, value: str) -> None:
+    """Sets prefix:name where the file has it (element or attribute), else adds an element."""
+    tag = _tag(prefix, name)
     for description in descriptions:
         if tag in description.attrib:
             description.set(tag, value)
@@ -189,18 +215,175 @@ def _set_value(descriptions: list[ET.Element], name: str, value: str) -> None:
         element = description.find(tag)
         if element is not None:
             if len(element):
-                raise BadSidecar(f"its lmrec:{name} is not a simple value")
+                raise BadSidecar(f"its {prefix}:{name} is not a simple value")
             element.text = value
             return
     ET.SubElement(descriptions[0], tag).text = value
 
 
-def _keywords(root: ET.Element) -> list[str]:
+def _remove_value(descriptions: list[ET.Element], prefix: str, name: str) -> None:
+    """Removes every prefix:name property (element or attribute) of the descriptions."""
+    tag = _tag(prefix, name)
+    for description in descriptions:
+        description.attrib.pop(tag, None)
+        for element in description.findall(tag):
+            description.remove(element)
+
+
+def _keywords(root: ET.Element, prefix: str = "dc", name: str = "subject") -> list[str]:
+    """The entries of the list property prefix:name (dc:subject: the keywords)."""
     for description in root.find(_tag("rdf", "RDF")).findall(_tag("rdf", "Description")):
-        holder = description.find(_tag("dc", "subject"))
+        holder = description.find(_tag(prefix, name))
         if holder is not None:
             return [item.text or "" for item in holder.iter(_tag("rdf", "li"))]
     return []
+
+
+# XMP's GPSCoordinate: "DDD,MM.mmk" or "DDD,MM,SSk" (k one of N S E W). Signed decimal
+# degrees ("48.8584", "-2.5") are read too: some tools write them.
+_GPS_MINUTES = re.compile(
+    r"(?P<degrees>\d{1,3}),(?P<minutes>\d{1,2}(?:\.\d+)?)"
+    r"(?:,(?P<seconds>\d{1,2}(?:\.\d+)?))?(?P<ref>[NSEW])"
+)
+_GPS_DECIMAL = re.compile(r"(?P<sign>[+-]?)(?P<degrees>\d{1,3}(?:\.\d+)?)(?P<ref>[NSEW]?)")
+_AXES = {"latitude": ("N", "S", 90.0), "longitude": ("E", "W", 180.0)}
+
+
+def _degrees(text: str | None, axis: str) -> float | None:
+    """Signed degrees of an XMP GPS coordinate on axis; None when text is not one."""
+    positive, negative, limit = _AXES[axis]
+    text = (text or "").strip().upper()
+    match = _GPS_MINUTES.fullmatch(text)
+    if match:
+        minutes, seconds = float(match["minutes"]), float(match["seconds"] or 0)
+        if (match["seconds"] and "." in match["minutes"]) or minutes >= 60 or seconds >= 60:
+            return None
+        value = int(match["degrees"]) + minutes / 60 + seconds / 3600
+        sign = -1.0 if match["ref"] == negative else 1.0
+    else:
+        match = _GPS_DECIMAL.fullmatch(text)
+        if not match or (match["sign"] and match["ref"]):
+            return None
+        value = float(match["degrees"])
+        sign = -1.0 if match["sign"] == "-" or match["ref"] == negative else 1.0
+    if match["ref"] not in ("", positive, negative) or value > limit:
+        return None
+    return sign * value
+
+
+def gps_coordinate(value: float, axis: str) -> str:
+    """value (signed degrees) in XMP's GPSCoordinate form: "48,51.502200N", "33,51.407040S".
+
+    Six decimals of a minute are 2e-8 degrees (2 mm), well below what a landmark needs.
+    """
+    positive, negative, limit = _AXES[axis]
+    if not (math.isfinite(value) and abs(value) <= limit):
+        raise ValueError(f"{axis} {value!r} is not between -{limit:g} and {limit:g}")
+    micro = round(abs(value) * 60_000_000)  # millionths of a minute
+    degrees, rest = divmod(micro, 60_000_000)
+    ref = negative if value < 0 and micro else positive
+    return f"{degrees},{rest // 1_000_000:02d}.{rest % 1_000_000:06d}{ref}"
+
+
+# A property that places the photo: exiftool's XMP-exif GPS tags, and a latitude, longitude
+# or GPS position in any namespace (drone-dji:GpsLatitude, IPTC LocationShown's, ...).
+_GPS_NAME = re.compile(r"(?i)gps.*(latitude|longitude|position|coordinates?)|latitude|longitude")
+# What lmrec writes for a location (and removes again when it is lmrec's own).
+_LOCATION_PROPERTIES = ("GPSLatitude", "GPSLongitude", "GPSVersionID", "GPSMapDatum")
+
+
+def _gps_properties(root: ET.Element) -> list[str]:
+    """The name of every GPS property anywhere in root (once per occurrence), lmrec's aside."""
+    found = []
+    for element in root.iter():
+        for name in (element.tag, *element.attrib):
+            uri, local = _split(name)
+            if uri == NAMESPACES["lmrec"]:
+                continue
+            if (uri == NAMESPACES["exif"] and local.startswith("GPS")) or _GPS_NAME.fullmatch(
+                local
+            ):
+                found.append(name)
+    return found
+
+
+def _top_level_names(descriptions: list[ET.Element]) -> list[str]:
+    """The property names directly on the descriptions (attributes and child elements)."""
+    return [name for d in descriptions for name in (*d.attrib, *(child.tag for child in d))]
+
+
+def _exif_location(descriptions: list[ET.Element]) -> tuple[str | None, str | None]:
+    return (
+        _value(descriptions, _tag("exif", "GPSLatitude")),
+        _value(descriptions, _tag("exif", "GPSLongitude")),
+    )
+
+
+def _recorded_location(descriptions: list[ET.Element]) -> tuple[float, float] | None:
+    """The location lmrec recorded writing (lmrec:locatedFrom + lmrec:location), if any."""
+    if _value(descriptions, _tag("lmrec", "locatedFrom")) is None:
+        return None
+    parts = (_value(descriptions, _tag("lmrec", "location")) or "").split(",")
+    if len(parts) != 2:
+        return None
+    latitude, longitude = _degrees(parts[0], "latitude"), _degrees(parts[1], "longitude")
+    return None if latitude is None or longitude is None else (latitude, longitude)
+
+
+def _location_owner(root: ET.Element, descriptions: list[ET.Element]) -> str:
+    """Whose location the sidecar holds: "none", "lmrec" (as lmrec wrote it) or "user".
+
+    lmrec's own is exif:GPSLatitude/GPSLongitude (+ GPSVersionID, GPSMapDatum) directly on
+    the description, once each, equal to what lmrec:location records; any other GPS
+    property, or a changed value, makes the location the photographer's.
+    """
+    found = _gps_properties(root)
+    if not found:
+        return "none"
+    recorded = _recorded_location(descriptions)
+    lmrecs = {_tag("exif", name) for name in _LOCATION_PROPERTIES}
+    top = [name for name in _top_level_names(descriptions) if name in lmrecs]
+    if recorded is None or sorted(found) != sorted(top) or len(set(top)) != len(top):
+        return "user"
+    expected = {"GPSVersionID": GPS_VERSION, "GPSMapDatum": GPS_MAP_DATUM}
+    for name, value in expected.items():
+        if _value(descriptions, _tag("exif", name)) not in (None, value):
+            return "user"
+    for text, axis, wrote in zip(_exif_location(descriptions), _AXES, recorded, strict=True):
+        if text is None:
+            continue
+        value = _degrees(text, axis)
+        if value is None or abs(value - wrote) > _SAME_PLACE_DEGREES:
+            return "user"
+    return "lmrec"
+
+
+def _parsed_location(root: ET.Element, where: str) -> tuple[float, float] | None:
+    """(latitude, longitude) of exif:GPSLatitude/GPSLongitude (else another namespace's pair).
+
+    Raises:
+      BadSidecar: a latitude or longitude is there but is not a GPS coordinate.
+    """
+    descriptions = root.find(_tag("rdf", "RDF")).findall(_tag("rdf", "Description"))
+    pair = _exif_location(descriptions)
+    if pair == (None, None):
+        for description in descriptions:  # drone-dji:GpsLatitude and the like
+            values = {
+                _split(name)[1].lower(): value
+                for name, value in [
+                    *description.attrib.items(),
+                    *((child.tag, child.text) for child in description if not len(child)),
+                ]
+            }
+            if "gpslatitude" in values or "gpslongitude" in values:
+                pair = (values.get("gpslatitude"), values.get("gpslongitude"))
+                break
+    if pair == (None, None):
+        return None
+    latitude, longitude = _degrees(pair[0], "latitude"), _degrees(pair[1], "longitude")
+    if latitude is None or longitude is None:
+        raise BadSidecar(f"{where} has a GPS position lmrec cannot read: {pair[0]!r}, {pair[1]!r}")
+    return latitude, longitude
 
 
 def _split(name: str) -> tuple[str, str]:
@@ -292,26 +475,78 @@ def _serialize(root: ET.Element, prefixes: dict[str, str]) -> str:
     return "".join(parts)
 
 
+def _forget_location(descriptions: list[ET.Element], gps_too: bool) -> None:
+    """Removes lmrec's record of a location (and, gps_too, the location lmrec wrote)."""
+    for name in ("locatedFrom", "location"):
+        _remove_value(descriptions, "lmrec", name)
+    for name in _LOCATION_PROPERTIES if gps_too else ():
+        _remove_value(descriptions, "exif", name)
+
+
+def _place(
+    root: ET.Element,
+    descriptions: list[ET.Element],
+    location: tuple[float, float] | None,
+    moved: bool,
+) -> bool:
+    """Writes location where the sidecar has none of the photographer's; True when written.
+
+    lmrec's own earlier location is updated in place; with no new location it stays while
+    the label stays, and goes when the label changed (it was the old landmark's).
+    """
+    owner = _location_owner(root, descriptions)
+    if owner == "user":
+        _forget_location(descriptions, gps_too=False)
+        return False
+    if location is None:
+        if owner == "none" or moved:
+            _forget_location(descriptions, gps_too=True)
+        return False
+    latitude, longitude = (gps_coordinate(v, axis) for v, axis in zip(location, _AXES, strict=True))
+    _set_value(descriptions, "exif", "GPSVersionID", GPS_VERSION)
+    _set_value(descriptions, "exif", "GPSLatitude", latitude)
+    _set_value(descriptions, "exif", "GPSLongitude", longitude)
+    _set_value(descriptions, "exif", "GPSMapDatum", GPS_MAP_DATUM)
+    _set_value(descriptions, "lmrec", "locatedFrom", LOCATED_FROM)
+    _set_value(descriptions, "lmrec", "location", f"{location[0]:.8f},{location[1]:.8f}")
+    return True
+
+
 def _merged(
-    root: ET.Element, declared: list[tuple[str, str]], label: str, score: float, model: str
-) -> str:
-    """The packet text of root with label added, checked to read back with the label."""
+    root: ET.Element,
+    declared: list[tuple[str, str]],
+    label: str,
+    score: float,
+    model: str,
+    location: tuple[float, float] | None,
+) -> tuple[str, bool]:
+    """The packet text of root with label (and location) added, checked to read back.
+
+    Returns the text and whether the location was written.
+    """
     descriptions = _descriptions(root)
     old = _value(descriptions, _tag("lmrec", "label"))
-    _set_item(_bag(descriptions, "dc", "subject"), label, old)
-    _set_item(
-        _bag(descriptions, "lr", "hierarchicalSubject"),
-        f"{HIERARCHY_ROOT}|{label}",
-        None if old is None else f"{HIERARCHY_ROOT}|{old}",
-    )
-    _set_value(descriptions, "label", label)
-    _set_value(descriptions, "score", f"{score:.4f}")
-    _set_value(descriptions, "model", model)
+    for prefix, name, container, form in KEYWORD_LISTS:
+        _set_item(
+            _bag(descriptions, prefix, name, container),
+            form.format(label),
+            None if old is None else form.format(old),
+        )
+    located = _place(root, descriptions, location, moved=old is not None and old != label)
+    _set_value(descriptions, "lmrec", "label", label)
+    _set_value(descriptions, "lmrec", "score", f"{score:.4f}")
+    _set_value(descriptions, "lmrec", "model", model)
     ET.indent(root, space=" ")
     text = _PACKET_BEGIN + _serialize(root, _prefixes(_uris(root), declared)) + _PACKET_END
-    if label not in _keywords(_parse(text.encode("utf-8"))[0]):
-        raise BadSidecar("the merged text does not read back with the keyword")
-    return text
+    back = _parse(text.encode("utf-8"))[0]
+    for prefix, name, _, form in KEYWORD_LISTS:
+        if form.format(label) not in _keywords(back, prefix, name):
+            raise BadSidecar(f"the merged text does not read back with {prefix}:{name}")
+    if located:
+        found = _parsed_location(back, "the merged text")
+        if found is None or max(abs(a - b) for a, b in zip(found, location, strict=True)) > 1e-7:
+            raise BadSidecar("the merged text does not read back with the location")
+    return text, located
 
 
 def keywords(path: str) -> list[str]:
@@ -323,19 +558,76 @@ def keywords(path: str) -> list[str]:
     return _keywords(_read(path)[0])
 
 
-def write_keyword(path: str, label: str, score: float, model: str) -> None:
-    """Adds label as a keyword to the sidecar at path (created when missing), atomically.
+def location(path: str) -> tuple[float, float] | None:
+    """(latitude, longitude) in signed degrees of the sidecar at path, None when it has none.
+
+    Reads exif:GPSLatitude/GPSLongitude ("DD,MM.mmmN" or "DD,MM,SSN"; lmrec's own
+    location too), else a GPSLatitude/GPSLongitude pair in another namespace. A missing
+    file has no location.
 
     Raises:
+      BadSidecar: the file is not XMP lmrec can read, or its GPS position is unreadable.
+    """
+    if not os.path.lexists(path):
+        return None
+    return _parsed_location(_read(path)[0], f"sidecar {path}")
+
+
+def photographer_location(path: str) -> tuple[float, float] | None:
+    """The sidecar's location when it is the photographer's: None when it has none, or
+    when it is the landmark location lmrec wrote (unchanged since), which is no evidence
+    of where the photo was taken.
+
+    Raises:
+      BadSidecar: the file is not XMP lmrec can read, or its GPS position is unreadable.
+    """
+    if not os.path.lexists(path):
+        return None
+    root = _read(path)[0]
+    descriptions = _descriptions(root)
+    if _location_owner(root, descriptions) == "lmrec":
+        return None
+    return _parsed_location(root, f"sidecar {path}")
+
+
+def write_keyword(
+    path: str,
+    label: str,
+    score: float,
+    model: str,
+    location: tuple[float, float] | None = None,
+) -> bool:
+    """Adds label as a keyword, and location if given, to the sidecar at path, atomically.
+
+    The sidecar is created when missing (its folder too). Keyword and location land in
+    one write. A location the sidecar already has is never overwritten unless lmrec wrote
+    it (lmrec:locatedFrom) and it is unchanged; lmrec's own location is removed when the
+    label changes and no new location is given.
+
+    Args:
+      location: (latitude, longitude) in signed degrees (WGS 84) of the landmark.
+
+    Returns:
+      True when the sidecar now holds the given location; False without one, or when the
+      sidecar's own location was kept.
+
+    Raises:
+      ValueError: location is outside [-90, 90] x [-180, 180].
       BadSidecar: an existing file at path is not XMP lmrec can read or merge into; the
         file is not touched.
       OSError: the new text could not be written.
     """
+    if location is not None:
+        latitude, longitude = (float(value) for value in location)
+        for value, axis in ((latitude, "latitude"), (longitude, "longitude")):
+            gps_coordinate(value, axis)  # raises ValueError before anything is read
+        location = (latitude, longitude)
     root, declared = _read(path) if os.path.exists(path) else (_empty_packet(), [])
     try:
-        text = _merged(root, declared, label, score, model)
+        text, located = _merged(root, declared, label, score, model, location)
     except Exception as error:
         raise BadSidecar(
             f"sidecar {path} cannot take the keyword ({_reason(error)}); left as is"
         ) from None
     atomic.write_text(path, text)
+    return located

@@ -210,7 +210,7 @@ def test_scan_and_predicts_decoding_turn_each_hostile_file_into_one_failure(host
     assert sorted(scan.photos) == sorted(str(path) for path in hostile.values())
     assert scan.failures == []
     outcomes = dict(_within(60, lambda: list(predict._prepared(scan.photos, 32))))
-    assert outcomes.pop(str(hostile["good"])).shape == (32, 32, 3)
+    assert outcomes.pop(str(hostile["good"])).pixels.shape == (32, 32, 3)
     reasons = {kind: outcomes[str(path)] for kind, path in hostile.items() if kind != "good"}
     assert reasons["tiff"].startswith("TIFF data")
     assert reasons["fifo"] == "not a regular file (FIFO)"

@@ -7,10 +7,16 @@ land in a work folder, so a killed prepare resumes; the dataset folder itself
 is built under a temp name and renamed into place only when complete, so
 training never picks up half a dataset. Images are streamed through the
 writers one by one, so memory does not grow with the photos' bytes.
+
+labels.json also gives each class a location (lmrec.locations) where one is
+known: from the GPS of its training photos when at least --min_located_photos
+have it, or from the --landmark_locations CSV, whose rows win. Validation
+photos never count, so a location prior measured on them is not fitted to them.
 """
 
 from __future__ import annotations
 
+import array
 import collections
 import json
 import os
@@ -21,13 +27,18 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from tqdm import tqdm
 
-from lmrec import atomic, console, plots, run_lock
+from lmrec import atomic, console, locations, plots, run_lock
 from lmrec.config import PrepareConfig
 from lmrec.data import records, shards
 from lmrec.data.sources import Source, SourceItem, get_source
 from lmrec.errors import UserError
+
+# A --landmark_locations row this much farther from its class's photos than both radii is
+# warned about.
+FILE_PHOTOS_DISAGREE_M = 50_000.0
 
 
 @dataclass(frozen=True)
@@ -125,8 +136,11 @@ def _prepare(config: PrepareConfig, name: str, verbose: bool) -> PrepareResult:
     shards.check_runner(config.runner)
     if config.images_per_shard < 1:
         raise UserError(f"--images_per_shard must be >= 1, got {config.images_per_shard}")
+    if config.min_located_photos < 1:
+        raise UserError(f"--min_located_photos must be >= 1, got {config.min_located_photos}")
 
     source = get_source(config)
+    file_locations = _file_locations(config, source, verbose)  # a bad file fails before any shard
     candidates = _candidates(source)
     split = stratified_split(candidates, config.val_fraction, config.seed)
     if source.streaming:  # shards follow the stream's order, so pass 2 fills them in turn
@@ -170,7 +184,16 @@ def _prepare(config: PrepareConfig, name: str, verbose: bool) -> PrepareResult:
     if unfinished:
         raise UserError(f"Shards {unfinished[:5]} were not written; run prepare again to resume.")
     stats = _finalize(
-        data_dir, config, source, total, specs, results, provisional, options, started
+        data_dir,
+        config,
+        source,
+        total,
+        specs,
+        results,
+        provisional,
+        options,
+        file_locations,
+        started,
     )
     shutil.rmtree(options.directory, ignore_errors=True)
     _summarize(verbose, data_dir, stats)
@@ -190,6 +213,74 @@ def _candidates(source: Source) -> list[SourceItem]:
         seen.add(item.image_id)
         candidates.append(SourceItem(item.image_id, item.class_name, landmark_id=item.landmark_id))
     return candidates
+
+
+def _file_locations(
+    config: PrepareConfig, source: Source, verbose: bool
+) -> dict[str, locations.Location]:
+    """--landmark_locations read against every class the source has: class name -> Location."""
+    if not config.landmark_locations:
+        return {}
+    found = locations.read_locations_csv(
+        config.landmark_locations, source.class_names, source.landmark_ids
+    )
+    _log(verbose, f"{len(found)} landmark locations read from {config.landmark_locations}.")
+    return {source.class_names[index]: location for index, location in found.items()}
+
+
+def _photo_points(
+    specs: list[shards.ShardSpec], results: dict[str, dict[str, Any]]
+) -> dict[str, array.array]:
+    """The training photos' GPS points per class, flat [lat, lon, lat, lon, ...] (8 bytes each)."""
+    points: dict[str, array.array] = {}
+    for spec in specs:
+        if spec.split != "train":
+            continue
+        for class_name, pairs in results[spec.name].get("gps", {}).items():
+            flat = points.setdefault(class_name, array.array("d"))
+            for latitude, longitude in pairs:
+                flat.extend((latitude, longitude))
+    return points
+
+
+def _class_locations(
+    config: PrepareConfig,
+    kept_classes: list[str],
+    points: dict[str, array.array],
+    file_locations: dict[str, locations.Location],
+) -> dict[int, locations.Location]:
+    """Each kept class's location: the file's where it has one, else its photos' centre.
+
+    A file location far from where the photos were taken is warned about: the row
+    may belong to another landmark.
+    """
+    found: dict[int, locations.Location] = {}
+    for index, class_name in enumerate(kept_classes):
+        flat = points.get(class_name)
+        from_photos = None
+        if flat:
+            pairs = np.frombuffer(flat, dtype=np.float64).reshape(-1, 2)
+            from_photos = locations.centre_and_spread(pairs, config.min_located_photos)
+        from_file = file_locations.get(class_name)
+        if from_file is not None and from_photos is not None:
+            apart = float(
+                locations.haversine_m(
+                    from_file.latitude,
+                    from_file.longitude,
+                    from_photos.latitude,
+                    from_photos.longitude,
+                )
+            )
+            if apart > FILE_PHOTOS_DISAGREE_M + from_file.radius_m + from_photos.radius_m:
+                console.warn(
+                    f"class {class_name!r}: --landmark_locations puts it {apart / 1000:.0f} km "
+                    f"from the centre of its {from_photos.photos} photos with GPS; the file's "
+                    "location is kept"
+                )
+        location = from_file or from_photos
+        if location is not None:
+            found[index] = location
+    return found
 
 
 def _open_work_dir(directory: str, plan_fingerprint: str, verbose: bool) -> dict[str, Any]:
@@ -223,6 +314,7 @@ def _finalize(
     results: dict[str, dict[str, Any]],
     provisional: list[str],
     options: shards.WriteOptions,
+    file_locations: dict[str, locations.Location],
     started: float,
 ) -> dict[str, Any]:
     """Builds the dataset folder from the finished shards, fixing labels where classes died.
@@ -232,6 +324,7 @@ def _finalize(
     the labels after it shift down, so labels stay contiguous.
     """
     merged = shards.merge_results(results[spec.name] for spec in specs)
+    located = merged["located"]
     train_counts = merged["kept"].get("train", {})
     val_counts = dict(merged["kept"].get("val", {}))
     rescued = {c for c in provisional if not train_counts.get(c) and val_counts.get(c)}
@@ -282,6 +375,8 @@ def _finalize(
                     "train": train_counts.get(c, 0),
                     "val": val_counts.get(c, 0),
                     "skipped": merged["skipped_per_class"].get(c, 0),
+                    "train_gps": located.get("train", {}).get(c, 0),
+                    "val_gps": located.get("val", {}).get(c, 0),
                 }
                 for c in source.class_names
             ],
@@ -296,6 +391,21 @@ def _finalize(
             {"index": i, "name": c, "landmark_id": source.landmark_ids.get(c, "")}
             for i, c in enumerate(kept_classes)
         ]
+        class_locations = _class_locations(
+            config, kept_classes, _photo_points(specs, results), file_locations
+        )
+        labels = locations.with_locations(labels, class_locations)
+        stats["locations"] = {
+            "min_located_photos": config.min_located_photos,
+            "landmark_locations": config.landmark_locations,
+            "from_file": sum(1 for c in kept_classes if c in file_locations),
+            "from_photos": sum(
+                1
+                for i, c in enumerate(kept_classes)
+                if i in class_locations and c not in file_locations
+            ),
+            "unknown": len(kept_classes) - len(class_locations),
+        }
         stats["seconds"] = round(time.time() - started, 2)
         plots.dataset_stats_png(stats, os.path.join(tmp, records.STATS_PLOT_FILE))
         atomic.write_json(os.path.join(tmp, records.LABELS_FILE), labels)

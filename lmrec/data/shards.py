@@ -32,7 +32,7 @@ from typing import Any
 
 import tensorflow as tf
 
-from lmrec import atomic
+from lmrec import atomic, locations
 from lmrec.data import images, records
 from lmrec.data.sources import SourceItem
 from lmrec.errors import UserError
@@ -109,12 +109,14 @@ class ShardBuilder:
             "skipped_per_class": {},
             "skipped": [],
             "sizes": {},
+            "gps": {},  # class name -> [[latitude, longitude], ...] of its kept photos with GPS
         }
 
     def add(self, item: SourceItem) -> None:
         result = self.result
         try:
-            converted = images.convert(item.read(), item.image_id, self._options.max_side)
+            data = item.read()
+            converted = images.convert(data, item.image_id, self._options.max_side)
         except images.BadImage as error:
             _bump(result["skipped_per_class"], item.class_name)
             result["skipped"].append({"file": item.image_id, "reason": str(error)})
@@ -132,6 +134,9 @@ class ShardBuilder:
         result["kept"] += 1
         _bump(result["kept_per_class"], item.class_name)
         _bump(result["sizes"], _size_bucket(converted.original_width, converted.original_height))
+        point = locations.photo_gps(data)
+        if point is not None:
+            result["gps"].setdefault(item.class_name, []).append([round(v, 7) for v in point])
 
     def finish(self) -> dict[str, Any]:
         """Renames the shard into place, then writes its result file (the "done" mark)."""
@@ -167,9 +172,11 @@ def finished_results(directory: str) -> dict[str, dict[str, Any]]:
             continue
         try:
             with open(os.path.join(results_dir, name), encoding="utf-8") as f:
-                done[shard] = json.load(f)
+                result = json.load(f)
         except (ValueError, OSError):
             continue  # a damaged result file: the shard is simply written again.
+        if isinstance(result, dict) and "gps" in result:  # without it, rewritten for its GPS
+            done[shard] = result
     return done
 
 
@@ -293,12 +300,22 @@ def write_streaming(
 
 
 def merge_results(results: Iterable[dict[str, Any]]) -> dict[str, Any]:
-    """Sums shard results: kept/skipped per split and class, skipped files, size histogram."""
-    merged: dict[str, Any] = {"kept": {}, "skipped_per_class": {}, "skipped": [], "sizes": {}}
+    """Sums shard results: kept/skipped per split and class, skipped files, size histogram,
+    and photos with GPS per split and class (the points themselves stay in the results)."""
+    merged: dict[str, Any] = {
+        "kept": {},
+        "skipped_per_class": {},
+        "skipped": [],
+        "sizes": {},
+        "located": {},
+    }
     for result in results:
         per_split = merged["kept"].setdefault(result["split"], {})
         for class_name, n in result["kept_per_class"].items():
             _bump(per_split, class_name, n)
+        located = merged["located"].setdefault(result["split"], {})
+        for class_name, points in result.get("gps", {}).items():
+            _bump(located, class_name, len(points))
         for class_name, n in result["skipped_per_class"].items():
             _bump(merged["skipped_per_class"], class_name, n)
         merged["skipped"].extend(result["skipped"])
