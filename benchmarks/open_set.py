@@ -15,8 +15,10 @@ and measures, on photos it never trained on:
    neighbours. Retrieval: mAP@100 and recall@1/5 of the test landmarks over the gallery.
 2. A landmark added without retraining: the same config trained without one class,
    whose training photos (30 at most) are then added with lmrec.gallery.add.
-3. Speed: gallery build against the bare embedding forward pass on the same photos,
-   and the kNN step over a 100,000-embedding gallery against the forward pass.
+3. Speed: gallery build against the plain embedding loop over the same photos (and the
+   forward pass alone on photos decoded in memory), on the vn train photos each linked
+   BUILD_COPIES times; predict's time per photo with hybrid kNN over a 100,000-embedding
+   gallery against softmax, and the kNN step alone against the forward pass.
 
 GAP with distractors follows lmrec.evaluate: a rejected photo has no prediction (label
 NO_LANDMARK, confidence -inf); a distractor that is not rejected is a wrong prediction
@@ -40,6 +42,8 @@ import statistics
 import sys
 import time
 
+import bars
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = "configs/vietnam_landmarks_lite0.cfg"
 LANDMARKS = "../shared/data/vn_landmarks"
@@ -49,6 +53,7 @@ DEFAULT_LEFT_OUT = "hoian_town"  # 30 training photos: the whole class fits the 
 MAX_ADDED_PHOTOS = 30
 BIG_GALLERY = 100_000
 KNN_BATCH = 32
+BUILD_COPIES = 6  # each vn train photo linked this many times for the build's speed
 OUTPUT = os.path.join("benchmarks", "results", "open_set_vietnam_landmarks_lite0_cpu2.json")
 
 BARS = {
@@ -63,10 +68,7 @@ BARS = {
 
 
 def bar(name: str, value: float | None) -> dict:
-    """{"value", "bar", "met"}: a figure checked against the issue's bar."""
-    op, limit = BARS[name]
-    met = None if value is None else (value >= limit if op == ">=" else value <= limit)
-    return {"value": value, "bar": f"{op} {limit:g}", "met": met}
+    return bars.check(BARS, name, value)
 
 
 # --- training ---------------------------------------------------------------------------
@@ -557,13 +559,10 @@ def added_landmark(full, left_out_dir: str, left_out: str, settings: dict) -> di
     return result
 
 
-def _pixel_batches(trained, batch_size: int = 32) -> list:
-    """The train split's photos, decoded once, as float32 pixel batches in memory."""
+def _pixel_batches(source) -> list:
+    """A dataset's photos, decoded once, as float32 pixel batches in memory."""
     import tensorflow as tf
 
-    from lmrec.data import held_out
-
-    source = held_out.train_data(trained, "", batch_size)
     return [tf.cast(pixels, tf.float32) for pixels, _, _ in source.dataset]
 
 
@@ -576,123 +575,266 @@ def _median_seconds(function, rounds: int) -> float:
     return statistics.median(times)
 
 
-def speed(trained, plain, settings: dict, rounds: int = 7) -> dict:
-    """Part 4: gallery build against the bare embedding forward pass, and the kNN step
-    over a 100,000-embedding gallery against the classifier's forward pass."""
-    import numpy as np
+def _model_copy(trained, work_dir: str, name: str) -> str:
+    """The model_dir's run files (no gallery, logs or report) under work_dir/runs/name."""
+    import shutil
+
+    copy = os.path.join(work_dir, "runs", name)
+    shutil.rmtree(copy, ignore_errors=True)
+    shutil.copytree(
+        trained.model_dir,
+        copy,
+        ignore=shutil.ignore_patterns("gallery", ".gallery*", "logs", "report", "resume"),
+    )
+    return copy
+
+
+def replicated_train_data(work_dir: str, copies: int) -> str:
+    """The vn train photos, each linked `copies` times under its class, prepared as shards
+    (no validation split): a gallery big enough that a build's fixed costs (loading the
+    model, tracing) weigh as they do on a real dataset."""
+    from lmrec.config import PrepareConfig
+    from lmrec.data import prepare
+
+    source = os.path.abspath(os.path.join(LANDMARKS, "train"))
+    folder = os.path.join(work_dir, f"vn_train_x{copies}")
+    for name in sorted(os.listdir(source)):
+        os.makedirs(os.path.join(folder, name), exist_ok=True)
+        for photo in sorted(os.listdir(os.path.join(source, name))):
+            stem, extension = os.path.splitext(photo)
+            for copy in range(copies):
+                link = os.path.join(folder, name, f"{stem}__{copy}{extension}")
+                if not os.path.lexists(link):
+                    os.symlink(os.path.join(source, name, photo), link)
+    name = f"vn_train_x{copies}"
+    config = PrepareConfig.build(
+        source="folder",
+        input_dir=folder,
+        output_dir=os.path.join(work_dir, "tf_records"),
+        name=name,
+        val_fraction=0.0,
+    )
+    data_dir = os.path.join(work_dir, "tf_records", name)
+    if not prepare.is_prepared(data_dir):
+        prepare.prepare(config, verbose=False)
+    return data_dir
+
+
+def build_speed(trained, work_dir: str, rounds: int = 3) -> dict:
+    """gallery.build end to end against the plain loop over the same photos, and against
+    the embedding model alone on the photos decoded in memory."""
     import tensorflow as tf
 
-    from lmrec import embeddings, knn
+    from lmrec import embeddings
     from lmrec import gallery as galleries
+    from lmrec.data import held_out, prepare
 
-    batches = _pixel_batches(trained)
-    photos = sum(int(b.shape[0]) for b in batches)
+    data_dir = replicated_train_data(work_dir, BUILD_COPIES)
+    photos = prepare.read_stats(data_dir)["totals"]["train"]
+    model_dir = _model_copy(trained, work_dir, "build_speed")
     embedder = embeddings.embedding_model(trained.model)
-    classifier = trained.model
     preprocess, size = trained.preprocess, trained.image_size
     spec = [tf.TensorSpec([None, size, size, 3], tf.float32)]
 
-    @tf.function(input_signature=spec)
-    def embed(pixels):
-        return embedder(preprocess(pixels), training=False)
+    def traced():
+        @tf.function(input_signature=spec)
+        def embed(pixels):
+            return embedder(preprocess(pixels), training=False)
 
-    @tf.function(input_signature=spec)
-    def classify(pixels):
-        return classifier(preprocess(pixels), training=False)
+        return embed
 
-    started = time.perf_counter()
-    embed(batches[0]).numpy()
-    first_call = time.perf_counter() - started  # tracing + one batch
-    # Builds and bare passes alternate, so a change in the machine's load hits both.
-    build_seconds, bare_seconds = [], []
+    def plain_loop():
+        # What a user would write: the embedding model in a tf.function (traced once per
+        # run, as a build traces it), mapped over lmrec's own tf.data reader of the shards.
+        embed = traced()
+        source = held_out.train_data(trained, data_dir, 32)
+        return [embed(tf.cast(pixels, tf.float32)).numpy() for pixels, _, _ in source.dataset]
+
+    in_memory = _pixel_batches(held_out.train_data(trained, data_dir, 32))
+    embed_in_memory = traced()
+    embed_in_memory(in_memory[0]).numpy()
+
+    def forward_alone():
+        return [embed_in_memory(batch).numpy() for batch in in_memory]
+
+    # The three alternate, so a change in the machine's load hits each of them.
+    build_seconds, plain_seconds, forward_seconds = [], [], []
     for _ in range(rounds):
         started = time.perf_counter()
-        galleries.build(trained.model_dir, verbose=False)
+        result = galleries.build(model_dir, data=data_dir, verbose=False)
         build_seconds.append(time.perf_counter() - started)
-        bare_seconds.append(_median_seconds(lambda: [embed(b).numpy() for b in batches], 1))
-    build, bare = statistics.median(build_seconds), statistics.median(bare_seconds)
-    build_rate, bare_rate = photos / build, photos / bare
-
-    full = [b for b in batches if int(b.shape[0]) == KNN_BATCH]
-    classify(full[0])
-
-    dimension = plain.dimension
-    num_classes = landmark_classes(plain)
-    rng = np.random.default_rng(0)
-    extra = BIG_GALLERY - len(plain.label_ids)
-    random_rows = rng.standard_normal((extra, dimension)).astype(np.float32)
-    random_rows /= np.linalg.norm(random_rows, axis=1, keepdims=True)
-    big = np.concatenate([plain.embeddings, random_rows.astype(np.float16)])
-    big_labels = np.concatenate(
-        [plain.vote_labels(), rng.integers(0, num_classes, extra).astype(np.int32)]
+        plain_seconds.append(_median_seconds(plain_loop, 1))
+        forward_seconds.append(_median_seconds(forward_alone, 1))
+    if result.photos != photos:
+        raise RuntimeError(f"the build embedded {result.photos} photos, not {photos}")
+    build, plain, forward = (
+        statistics.median(build_seconds),
+        statistics.median(plain_seconds),
+        statistics.median(forward_seconds),
     )
-    index = knn.ExactIndex(big)
-    queries = [embed(b).numpy() for b in full]
-    softmax = [classify(b).numpy() for b in full]
+    return {
+        "photos": photos,
+        "copies_of_each_train_photo": BUILD_COPIES,
+        "build_seconds_each": [round(x, 2) for x in build_seconds],
+        "plain_loop_seconds_each": [round(x, 2) for x in plain_seconds],
+        "forward_alone_seconds_each": [round(x, 2) for x in forward_seconds],
+        "build_photos_per_second": photos / build,
+        "plain_loop_photos_per_second": photos / plain,
+        "forward_alone_photos_per_second": photos / forward,
+        "build_over_forward": bar("build_over_forward", plain / build),
+        "build_over_forward_alone": forward / build,
+        "note": (
+            "build: lmrec.gallery.build end to end in the same process (loading the model, "
+            "fingerprint, reading and decoding the prepared shards, tracing, forward pass, "
+            "writing the segments and the index); plain loop: the embedding model in a "
+            "tf.function traced once per run, mapped over the same shards read and decoded "
+            "by the same tf.data reader, model already loaded, nothing written (the bar's "
+            "bare forward pass over the photos); forward alone: the traced embedding model "
+            "on the same photos decoded beforehand into memory, so without decoding; "
+            f"{rounds} rounds alternating the three, medians"
+        ),
+    }
+
+
+def _big_gallery_model(trained, plain, work_dir: str) -> str:
+    """A copy of the model_dir whose gallery is its train photos plus random unit vectors
+    under random trained classes, BIG_GALLERY rows in all."""
+    import shutil
+
+    import numpy as np
+
+    from lmrec.gallery import store
+
+    model_dir = _model_copy(trained, work_dir, "knn_speed")
+    shutil.copytree(store.gallery_dir(trained.model_dir), store.gallery_dir(model_dir))
+    directory = store.gallery_dir(model_dir)
+    index = store.read_index(directory)
+    trained_ids = [e["id"] for e in index["labels"] if e["origin"] == "trained"]
+    rng = np.random.default_rng(0)
+    extra = BIG_GALLERY - sum(e["count"] for e in index["labels"])
+    rows = rng.standard_normal((extra, plain.dimension)).astype(np.float32)
+    rows /= np.linalg.norm(rows, axis=1, keepdims=True)
+    labels = rng.choice(trained_ids, extra).astype(np.int32)
+    segment = store.write_segment(
+        directory,
+        store.new_segment_name(index, "added"),
+        rows,
+        labels,
+        [f"random-{i}" for i in range(extra)],
+    )
+    index["segments"].append(segment)
+    counts = np.bincount(labels, minlength=max(trained_ids) + 1)
+    for entry in index["labels"]:
+        if entry["id"] in trained_ids:
+            entry["count"] += int(counts[entry["id"]])
+    store.write_index(directory, index)
+    return model_dir
+
+
+def knn_speed(trained, plain, work_dir: str, rounds: int = 3) -> dict:
+    """predict's time per photo with --classifier=hybrid over a BIG_GALLERY-row gallery
+    against --classifier=softmax, on the same model and photos; and the kNN step alone
+    against the classifier's forward pass."""
+
+    from lmrec import gallery as galleries
+    from lmrec import predict, recognizer
+    from lmrec.config import ClassifierConfig
+    from lmrec.data import held_out
+
+    model_dir = _big_gallery_model(trained, plain, work_dir)
+    big = galleries.load(model_dir)
+    folders = [
+        os.path.join(LANDMARKS, "test"),
+        os.path.join(SCENES, "test"),
+        os.path.join(SCENES, "train"),
+    ]
+    taggers = {
+        name: predict.load_tagger(model_dir, "auto", ClassifierConfig(classifier=name))
+        for name in ("softmax", "hybrid")
+    }
+    outputs = os.path.join(work_dir, "knn_speed_outputs")
+    os.makedirs(outputs, exist_ok=True)
+    runs = {"softmax": 0, "hybrid": 0}
+
+    def tag(name: str) -> int:
+        runs[name] += 1
+        output = os.path.join(outputs, f"{name}_{runs[name]}.csv")
+        if os.path.exists(output):
+            os.remove(output)
+        result = predict.predict(taggers[name], folders, output, verbose=False)
+        return len(result.rows)
+
+    photos = tag("softmax")
+    tag("hybrid")  # traces both before the timed rounds
+    predict_seconds = {"softmax": [], "hybrid": []}
+    for _ in range(rounds):
+        for name in ("softmax", "hybrid"):
+            started = time.perf_counter()
+            tag(name)
+            predict_seconds[name].append(time.perf_counter() - started)
+    softmax = statistics.median(predict_seconds["softmax"]) / photos
+    hybrid = statistics.median(predict_seconds["hybrid"]) / photos
+
+    # The kNN step alone, as the Recognizer runs it, against the forward pass it follows.
+    settings = recognizer.Settings(classifier="hybrid", score="top_similarity")
+    rec = recognizer.Recognizer(trained, settings, big)
+    batches = [
+        b for b in _pixel_batches(held_out.train_data(trained, "", KNN_BATCH))
+        if int(b.shape[0]) == KNN_BATCH
+    ]  # fmt: skip
+    forwarded = [rec._forward(b) for b in batches]
+    forwarded = [(p.numpy(), e.numpy()) for p, e in forwarded]
+
+    def forward_pass():
+        return [tuple(x.numpy() for x in rec._forward(b)) for b in batches]
 
     def knn_step():
-        for q, p in zip(queries, softmax, strict=True):
-            similarities, indices = index.search(q, settings["k"])
-            votes = knn.knn_scores(
-                similarities,
-                knn.gather_labels(big_labels, indices),
-                num_classes,
-                settings["power"],
-            )
-            probabilities = knn.classify("hybrid", p, votes, settings["knn_weight"])
-            knn.open_set_score("top_similarity", probabilities, votes)
+        return [rec.answer_embeddings(p, e) for p, e in forwarded]
 
-    knn_step()  # trace
-    # Forward passes and kNN steps alternate, so a change in the machine's load hits both.
+    knn_step()
     forward_seconds, step_seconds = [], []
     for _ in range(rounds):
-        forward_seconds.append(_median_seconds(lambda: [classify(b).numpy() for b in full], 1))
+        forward_seconds.append(_median_seconds(forward_pass, 1))
         step_seconds.append(_median_seconds(knn_step, 1))
-    forward = statistics.median(forward_seconds) / (len(full) * KNN_BATCH)
-    step = statistics.median(step_seconds) / (len(full) * KNN_BATCH)
+    per_photo = len(batches) * KNN_BATCH
+    forward = statistics.median(forward_seconds) / per_photo
+    step = statistics.median(step_seconds) / per_photo
+    softmax_only = recognizer.Recognizer(trained, recognizer.Settings())
+    no_knn = (
+        statistics.median(
+            _median_seconds(lambda: [softmax_only.answer_embeddings(p, e) for p, e in forwarded], 1)
+            for _ in range(rounds)
+        )
+        / per_photo
+    )
     return {
-        "gallery_build": {
-            "photos": photos,
-            "build_seconds_each": [round(x, 2) for x in build_seconds],
-            "bare_forward_seconds_each": [round(x, 2) for x in bare_seconds],
-            "embedding_first_call_seconds": round(first_call, 2),
-            "embedding_batch_seconds": round(bare / len(batches), 3),
-            "build_photos_per_second": build_rate,
-            "bare_forward_seconds": bare,
-            "bare_forward_photos_per_second": bare_rate,
-            "build_over_forward": bar("build_over_forward", build_rate / bare_rate),
-            "note": (
-                "build: lmrec.gallery.build end to end (loading the model, reading and "
-                "decoding the train shards, tracing, forward pass, writing); bare: the "
-                "embedding model alone on the same photos decoded in memory, batches of "
-                f"32, traced beforehand; {rounds} rounds alternating the two, medians. "
-                "embedding_first_call_seconds (tracing + one batch) is a fixed cost a "
-                "build pays once, large next to the forward pass of a few hundred photos"
-            ),
-        },
-        "knn_big_gallery": {
-            "gallery_rows": int(len(big)),
-            "dimension": dimension,
-            "gallery_megabytes": round(big.nbytes / 2**20, 1),
-            "bytes_per_row_over_2d": big.nbytes / len(big) / (2 * dimension),
-            "batch": KNN_BATCH,
-            "batches": len(full),
-            "forward_ms_per_photo": 1000 * forward,
-            "knn_ms_per_photo": 1000 * step,
-            "forward_ms_per_photo_each_round": [
-                round(1000 * x / (len(full) * KNN_BATCH), 2) for x in forward_seconds
-            ],
-            "knn_ms_per_photo_each_round": [
-                round(1000 * x / (len(full) * KNN_BATCH), 2) for x in step_seconds
-            ],
-            "knn_added_fraction": bar("knn_added_fraction", step / forward),
-            "note": (
-                "kNN step: exact search (lmrec.knn.ExactIndex, float16 gallery), label "
-                "gather, voting, hybrid probabilities and the top_similarity score per "
-                "batch of 32 embeddings; forward: the Lite0 classifier on the same batches "
-                f"in memory; {rounds} rounds alternating the two, medians"
-            ),
-        },
+        "gallery_rows": int(len(big.label_ids)),
+        "dimension": int(big.dimension),
+        "gallery_megabytes_float16": round(big.embeddings.nbytes / 2**20, 1),
+        "bytes_per_row_over_2d": big.embeddings.nbytes / len(big.label_ids) / (2 * big.dimension),
+        "predict_photos": photos,
+        "predict_softmax_ms_per_photo": 1000 * softmax,
+        "predict_hybrid_ms_per_photo": 1000 * hybrid,
+        "predict_softmax_seconds_each": [round(x, 2) for x in predict_seconds["softmax"]],
+        "predict_hybrid_seconds_each": [round(x, 2) for x in predict_seconds["hybrid"]],
+        "knn_added_fraction": bar("knn_added_fraction", hybrid / softmax - 1),
+        "batch": KNN_BATCH,
+        "batches": len(batches),
+        "forward_ms_per_photo": 1000 * forward,
+        "knn_ms_per_photo": 1000 * (step - no_knn),
+        "knn_over_forward": (step - no_knn) / forward,
+        "note": (
+            "predict: lmrec.predict.predict of the vn test folder and the intel_scenes_small "
+            "test and train folders (photos read, decoded, resized, classified, rows written "
+            "to a CSV) through a model_dir Tagger loaded once per classifier, hybrid over "
+            f"the gallery of the train photos plus random unit vectors ({BIG_GALLERY:,} rows, "
+            f"float16), softmax with no gallery; {rounds} rounds alternating the two after "
+            "one untimed run each, medians; the bar is hybrid's extra time per photo over "
+            "softmax's. kNN step: Recognizer.answer_embeddings (search, votes, hybrid "
+            "probabilities, top_similarity) per batch of 32 embeddings, less the same call "
+            "without a gallery, against the forward pass (softmax and embedding) of the "
+            "same batches in memory"
+        ),
     }
 
 
@@ -755,12 +897,17 @@ def markdown(result: dict) -> str:
     ratio, added_fraction = build["build_over_forward"], big["knn_added_fraction"]
     lines += [
         "",
-        f"Gallery build {build['build_photos_per_second']:.1f} photos/s, bare embedding "
-        f"forward {build['bare_forward_photos_per_second']:.1f} photos/s: "
-        f"{_value(ratio):.2f}{_mark(ratio)}.",
-        f"kNN over {big['gallery_rows']:,} embeddings: {big['knn_ms_per_photo']:.2f} ms/photo "
-        f"against a {big['forward_ms_per_photo']:.1f} ms/photo forward pass: "
-        f"{_value(added_fraction):.3f}{_mark(added_fraction)}.",
+        f"Gallery build of {build['photos']} photos: {build['build_photos_per_second']:.1f} "
+        f"photos/s; plain embedding loop {build['plain_loop_photos_per_second']:.1f} photos/s: "
+        f"{_value(ratio):.2f}{_mark(ratio)} (forward alone on decoded photos "
+        f"{build['forward_alone_photos_per_second']:.1f} photos/s: "
+        f"{build['build_over_forward_alone']:.2f}).",
+        f"predict over {big['predict_photos']} photos: softmax "
+        f"{big['predict_softmax_ms_per_photo']:.2f} ms/photo, hybrid over "
+        f"{big['gallery_rows']:,} embeddings {big['predict_hybrid_ms_per_photo']:.2f} ms/photo: "
+        f"+{_value(added_fraction):.3f}{_mark(added_fraction)}; kNN step alone "
+        f"{big['knn_ms_per_photo']:.2f} ms/photo, {big['knn_over_forward']:.3f} of the "
+        f"{big['forward_ms_per_photo']:.1f} ms/photo forward pass.",
     ]
     return "\n".join(lines)
 
@@ -815,19 +962,20 @@ def main() -> int:
     full = {"trained": trained, "forward": forward, "gallery": plain}
     added = added_landmark(full, training["left_out"]["model_dir"], args.left_out, settings)
     print("measuring speed ...", file=sys.stderr)
-    speed_result = speed(trained, plain, settings)
-    # The same embedding path on more photos: gallery.add of the intel train distractors.
-    build = speed_result["gallery_build"]
-    add_rate = open_set_result["photos"]["choosing_distractors"] / max(
-        open_set_result["add_distractors_seconds"], 1e-9
-    )
-    build["add_distractors_photos_per_second"] = add_rate
-    build["add_distractors_over_forward"] = add_rate / build["bare_forward_photos_per_second"]
-    build["add_note"] = (
-        "lmrec.gallery.add of the 900 intel_scenes_small train photos (150x150 JPEGs) as "
-        "distractors, one run timed during the open-set part, against the bare forward rate "
-        "measured in the speed part"
-    )
+    speed_result = {
+        "gallery_build": build_speed(trained, work_dir),
+        "knn_big_gallery": knn_speed(trained, plain, work_dir),
+    }
+    # The same embedding path on small files: gallery.add of the intel train distractors.
+    speed_result["gallery_add"] = {
+        "photos": open_set_result["photos"]["choosing_distractors"],
+        "photos_per_second": open_set_result["photos"]["choosing_distractors"]
+        / max(open_set_result["add_distractors_seconds"], 1e-9),
+        "note": (
+            "lmrec.gallery.add of the intel_scenes_small train photos (150x150 JPEG files) "
+            "as distractors, end to end, one run timed during the open-set part"
+        ),
+    }
     result = {
         "benchmark": "open_set",
         "date": datetime.date.today().isoformat(),

@@ -17,6 +17,7 @@ import json
 import os
 import statistics
 import sys
+import textwrap
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results")
@@ -710,31 +711,163 @@ def open_set_section() -> list[str]:
             for name, r in added["by_classifier"].items()
         ],
     )
-    build, big = result["speed"]["gallery_build"], result["speed"]["knn_big_gallery"]
+    speed = result["speed"]
+    build, big, add = speed["gallery_build"], speed["knn_big_gallery"], speed["gallery_add"]
+    lines += [
+        "Speed. The gallery build embeds the vn train photos, each linked "
+        f"{build['copies_of_each_train_photo']} times",
+        f"and prepared as shards ({count(build['photos'])} photos), end to end; the plain loop is",
+        "the embedding model in a `tf.function` mapped over the same shards, read and",
+        "decoded by the same tf.data reader (the model loaded beforehand, nothing written);",
+        "`forward alone` runs it on the photos decoded in memory. predict tags",
+        f"{count(big['predict_photos'])} photos (the vn test folder and the intel_scenes_small "
+        "test and train",
+        "folders) with `--classifier=hybrid` over a gallery of "
+        f"{count(big['gallery_rows'])} embeddings (the train",
+        "photos, the intel distractors and random unit vectors, float16) against",
+        "`--classifier=softmax`; the kNN step is the search, votes and scores of a batch of",
+        f"{big['batch']} embeddings. Each pair alternates over several rounds; medians.",
+        "",
+    ]
     lines += table(
         ["speed", "lmrec", "reference", "ratio"],
         [
             [
-                f"gallery build, {build['photos']} photos (photos/s)",
+                f"gallery build, {count(build['photos'])} photos (photos/s)",
                 f1(build["build_photos_per_second"]),
-                f"{f1(build['bare_forward_photos_per_second'])} (bare embedding forward)",
-                _bar_cell(build["build_over_forward"]),
+                f"{f1(build['plain_loop_photos_per_second'])} (plain embedding loop)",
+                _bar_cell(build["build_over_forward"], f2),
             ],
             [
-                f"gallery add, {part['photos']['choosing_distractors']} photos (photos/s)",
-                f1(build.get("add_distractors_photos_per_second")),
-                f"{f1(build['bare_forward_photos_per_second'])} (bare embedding forward)",
-                f2(build.get("add_distractors_over_forward")),
+                f"gallery build, {count(build['photos'])} photos (photos/s)",
+                f1(build["build_photos_per_second"]),
+                f"{f1(build['forward_alone_photos_per_second'])} (forward alone, decoded)",
+                f2(build["build_over_forward_alone"]),
             ],
             [
-                f"kNN over {count(big['gallery_rows'])} embeddings, batches of "
-                f"{big['batch']} (ms/photo)",
+                f"gallery add, {count(add['photos'])} 150 px files (photos/s)",
+                f1(add["photos_per_second"]),
+                "-",
+                "-",
+            ],
+            [
+                f"predict, hybrid over {count(big['gallery_rows'])} embeddings (ms/photo)",
+                f2(big["predict_hybrid_ms_per_photo"]),
+                f"{f2(big['predict_softmax_ms_per_photo'])} (predict, softmax)",
+                "+" + _bar_cell(big["knn_added_fraction"]),
+            ],
+            [
+                f"kNN step over {count(big['gallery_rows'])} embeddings (ms/photo)",
                 f2(big["knn_ms_per_photo"]),
-                f"{f1(big['forward_ms_per_photo'])} (Lite0 forward)",
-                _bar_cell(big["knn_added_fraction"]),
+                f"{f1(big['forward_ms_per_photo'])} (Lite0 forward pass)",
+                f3(big["knn_over_forward"]),
             ],
         ],
     )
+    if "measured_separately" in big:
+        float16 = speed["knn_big_gallery_float16_search"]
+        lines += [
+            "The predict and kNN rows come from a second run of that part on the same model "
+            "and gallery;",
+            "in the first, the gallery was searched in float16 (cast a few MiB at a time): "
+            f"predict +{f3(float16['knn_added_fraction']['value'])},",
+            f"kNN step {f2(float16['knn_ms_per_photo'])} ms/photo, "
+            f"{f3(float16['knn_over_forward'])} of the forward pass.",
+            "",
+        ]
+    memory = big["bytes_per_row_over_2d"]
+    lines += [
+        f"The gallery holds {f1(big['gallery_megabytes_float16'])} MB of embeddings "
+        f"({big['dimension']} dimensions) on disk and as loaded: {f2(memory)} x (2 bytes x "
+        "dimension x rows); the Recognizer (evaluate, predict) searches a float32 copy of a "
+        "gallery up to 1 GiB, twice that.",
+        "",
+    ]
+    return lines
+
+
+# --- GPS as evidence -----------------------------------------------------------------
+
+
+def geo_prior_section() -> list[str]:
+    source = "geo_prior_vietnam_landmarks_lite0_cpu2.json"
+    if not os.path.isfile(os.path.join(RESULTS, source)):
+        return []
+    result = load(source)
+    settings, photos = result["settings"], result["photos"]
+    regions = ", ".join(f"{name} {n}" for name, n in photos["far_regions"].items())
+    thresholds = "; ".join(
+        f"{name}: {t['open_set_score']} below {t['reject_threshold']:g}"
+        for name, t in result["thresholds"].items()
+    )
+    paragraph = (
+        f"`{result['config']}` and its gallery, with the class locations of "
+        f"`{result['locations_file']}` in a copy's labels.json. The {photos['count']} "
+        "vn_landmarks test photos are decoded once and saved three times as JPEG with the "
+        "same pixels, differing only in their EXIF GPS: none (`no_gps`), at their landmark "
+        f"moved by up to {settings['true_gps_jitter_m']:.0f} m (`true_gps`), and at a random "
+        f"point on another continent (`far_gps`: {regions}; the nearest "
+        f"{count(round(photos['nearest_far_gps_to_a_landmark_km']))} km from a landmark). "
+        "Each folder is tagged by `lmrec.predict.predict`; accuracy counts the labels equal "
+        "to the class folder, `no landmark` and `GPS note` are the fractions of rows "
+        'labelled "no landmark" and with a `gps_note`. Every landmark reaches at least '
+        f"{settings['geo_prior_min_radius_m'] / 1000:g} km (`--geo_prior_min_radius_m`); "
+        f"soft decays over {settings['geo_prior_scale_km']:g} km past that. Reject "
+        f"thresholds as predict resolves them: {thresholds}; a photo that GPS leaves "
+        'without any class is "no landmark" whatever the threshold.'
+    )
+    lines = [
+        "## GPS as evidence: `--geo_prior`",
+        "",
+        *textwrap.wrap(paragraph, 88, break_on_hyphens=False, break_long_words=False),
+        "",
+        *header(result, result["command"], source),
+    ]
+    lines += table(
+        ["classifier", "photos' GPS", "geo prior", "accuracy", "no landmark", "GPS note"],
+        [
+            [
+                r["classifier"],
+                r["photos_gps"],
+                r["geo_prior"],
+                f3(r["accuracy"]),
+                f3(r["no_landmark"]),
+                f3(r["with_gps_note"]),
+            ]
+            for r in result["runs"]
+        ],
+        right_from=3,
+    )
+    descriptions = {
+        "true_gps_accuracy_gain": "accuracy with true GPS minus without",
+        "far_gps_no_landmark": '"no landmark" with far GPS',
+        "no_gps_rows_differing_from_off": "rows without GPS differing from `off`",
+    }
+    lines += [
+        "Bars (`no_gps` rows are compared with `--geo_prior=off` in label, score and top-k):",
+        "",
+    ]
+    lines += table(
+        ["classifier", "geo prior", "figure", "bar", "measured"],
+        [
+            [
+                b["classifier"],
+                b["geo_prior"],
+                descriptions.get(b["name"], b["name"]),
+                b["bar"],
+                _bar_cell(b, count if isinstance(b["value"], int) else f3),
+            ]
+            for b in result["bars"]
+        ],
+        right_from=4,
+    )
+    without = [r["accuracy"] for r in result["runs"] if r["photos_gps"] == "no_gps"]
+    if without and min(without) == 1.0:
+        lines += [
+            "Without GPS every classifier already labels every test photo right, so true GPS",
+            "can only keep that accuracy here: the first bar shows that it costs none.",
+            "",
+        ]
     return lines
 
 
@@ -766,6 +899,7 @@ def render() -> str:
         predict_section,
         prepare_section,
         open_set_section,
+        geo_prior_section,
     ):
         lines += section()
     while lines and lines[-1] == "":

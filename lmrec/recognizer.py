@@ -28,6 +28,8 @@ from lmrec.errors import UserError
 
 OPEN_SET_FILE = "open_set.json"
 DEFAULT_SCORE = "top_probability"
+# Galleries up to this size are searched in float32 (cast once); bigger ones stay float16.
+FLOAT32_GALLERY_BYTES = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -211,9 +213,14 @@ class Recognizer:
                 column[index] = len(self.class_names) - 1
         lookup = np.array([column[i] for i in range(len(names))], np.int32)
         self._vote_labels = lookup[self.gallery.label_ids]
-        # Kept in float16 (2 bytes x D x N): search_tf casts it a few MiB at a time, in
-        # cache, about as fast as a float32 copy would be searched.
-        self._gallery_embeddings = tf.constant(self.gallery.embeddings)
+        stored = self.gallery.embeddings
+        # search_tf casts float16 blocks a few MiB at a time, which is fast only while
+        # those buffers are reused; once a tf.data generator has run, TensorFlow's malloc
+        # settings map each one afresh and the search takes about twice as long. A gallery
+        # within FLOAT32_GALLERY_BYTES is cast once here instead (the same values).
+        if stored.size * 4 <= FLOAT32_GALLERY_BYTES:
+            stored = stored.astype(np.float32)
+        self._gallery_embeddings = tf.constant(stored)
 
     @property
     def vote_labels(self) -> np.ndarray | None:
