@@ -399,7 +399,10 @@ def _raw_rows(scan: photo_archive.Scan, by_file: dict[str, Row]) -> list[Row]:
         if source.error:
             rows.append(Row(file=raw, error=f"its twin {twin} failed: {source.error}"))
         else:
-            rows.append(Row(raw, source.label, source.score, list(source.top), tagged_from=twin))
+            # The twin's tags and location (the pair shares one sidecar).
+            rows.append(
+                dataclasses.replace(source, file=raw, top=list(source.top), tagged_from=twin)
+            )
     return rows
 
 

@@ -68,6 +68,7 @@ def test_a_photo_without_gps_gets_its_landmarks_place_and_keeps_its_own(located_
     folder = tmp_path / "trip"
     folder.mkdir()
     (folder / "no_gps.jpg").write_bytes(photo_bytes(seed=1))
+    (folder / "no_gps.NEF").write_bytes(b"II*\0 raw sensor data")  # tagged through its twin
     (folder / "with_gps.jpg").write_bytes(located_photo(*VIETNAM, seed=2))
     (folder / "user_pin.jpg").write_bytes(photo_bytes(seed=3))
     user_sidecar = folder / "user_pin.xmp"
@@ -85,6 +86,12 @@ def test_a_photo_without_gps_gets_its_landmarks_place_and_keeps_its_own(located_
     place = _class_place(located_model, plain["label"])
     assert plain["located_from"] == "landmark"
     assert (float(plain["lat"]), float(plain["lon"])) == pytest.approx(place, abs=1e-6)
+    raw = rows["no_gps.NEF"]
+    assert (raw["label"], raw["located_from"], raw["lat"]) == (
+        plain["label"],
+        "landmark",
+        plain["lat"],
+    )
     [read] = _exiftool("-n", "-GPSLatitude", "-GPSLongitude", str(folder / "no_gps.xmp"))
     assert (read["GPSLatitude"], read["GPSLongitude"]) == pytest.approx(place, abs=1e-5)
     [keywords] = _exiftool(
